@@ -1,0 +1,5 @@
+import sys
+
+from otakey.cli import main
+
+sys.exit(main())
