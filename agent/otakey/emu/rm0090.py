@@ -1,0 +1,385 @@
+"""STM32F429 facts as named constants, spelled as in RM0090 (and the CMSIS device header).
+
+One place for every address, offset and bit the chip model uses; tests take their constants from
+here too. Sources, as collected in ``/work/shared/STM32F429.md``: RM0090 (section numbers of Rev 19),
+ST's ``stm32f429xx.h`` (CMSIS), ST's SVD, and PM0214 for the Cortex-M4 core registers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- Memory map (RM0090 §2.3, "memory map"; CMSIS *_BASE) ---------------------------------------
+FLASH_BASE = 0x0800_0000
+FLASH_SIZE = 2 * 1024 * 1024  # STM32F429ZI: 2 MB, two 1 MB banks
+FLASH_BANK2_BASE = 0x0810_0000
+FLASH_END = FLASH_BASE + FLASH_SIZE - 1
+FLASH_ERASED = 0xFF  # an erased flash byte reads all ones (RM0090 §3.6.3)
+BOOT_ALIAS_BASE = 0x0000_0000  # BOOT0=0: main flash aliased at 0 (RM0090 §2.4)
+CCMDATARAM_BASE = 0x1000_0000
+CCMDATARAM_SIZE = 64 * 1024
+SRAM_BASE = 0x2000_0000
+SRAM_SIZE = 192 * 1024  # SRAM1 112 KB + SRAM2 16 KB + SRAM3 64 KB, contiguous
+SYSMEM_BASE = 0x1FFF_0000  # system memory (ROM bootloader), 30 KB
+SYSMEM_SIZE = 0x7800
+OTP_BASE = 0x1FFF_7800  # 512 OTP bytes + 16 lock bytes (RM0090 §3.8)
+OTP_SIZE = 528
+UID_BASE = 0x1FFF_7A10  # 96-bit unique device ID (RM0090 §39.1)
+FLASHSIZE_BASE = 0x1FFF_7A22  # flash size in KB, 16 bits (RM0090 §39.2)
+PACKAGE_BASE = 0x1FFF_7BF0
+OPTION_BYTES_BANK1 = 0x1FFF_C000  # RM0090 §3.7.1
+OPTION_BYTES_BANK2 = 0x1FFE_C000
+
+PERIPH_BASE = 0x4000_0000
+APB1PERIPH_BASE = PERIPH_BASE
+APB2PERIPH_BASE = PERIPH_BASE + 0x0001_0000
+AHB1PERIPH_BASE = PERIPH_BASE + 0x0002_0000
+AHB2PERIPH_BASE = 0x5000_0000
+PERIPH_BB_BASE = 0x4200_0000
+SRAM_BB_BASE = 0x2200_0000
+
+PWR_BASE = APB1PERIPH_BASE + 0x7000
+USART2_BASE = APB1PERIPH_BASE + 0x4400
+USART1_BASE = APB2PERIPH_BASE + 0x1000
+SYSCFG_BASE = APB2PERIPH_BASE + 0x3800
+GPIOA_BASE = AHB1PERIPH_BASE + 0x0000
+GPIO_STRIDE = 0x400  # GPIOB at GPIOA + 0x400, ... GPIOK at GPIOA + 0x2800
+GPIO_PORTS = "ABCDEFGHIJK"
+RCC_BASE = AHB1PERIPH_BASE + 0x3800
+FLASH_R_BASE = AHB1PERIPH_BASE + 0x3C00
+RNG_BASE = AHB2PERIPH_BASE + 0x6_0800
+
+# Cortex-M4 private peripheral bus (PM0214 §4)
+SCS_BASE = 0xE000_E000
+DWT_BASE = 0xE000_1000
+
+# --- FLASH interface registers (RM0090 §3.9) ---------------------------------------------------
+FLASH_ACR = 0x00
+FLASH_KEYR = 0x04
+FLASH_OPTKEYR = 0x08
+FLASH_SR = 0x0C
+FLASH_CR = 0x10
+FLASH_OPTCR = 0x14
+FLASH_OPTCR1 = 0x18
+
+FLASH_ACR_LATENCY = 0xF  # 4 bits on F42x/43x (CMSIS; the SVD's 3 bits are wrong)
+FLASH_ACR_PRFTEN = 1 << 8
+FLASH_ACR_ICEN = 1 << 9
+FLASH_ACR_DCEN = 1 << 10
+FLASH_ACR_ICRST = 1 << 11
+FLASH_ACR_DCRST = 1 << 12
+
+FLASH_KEY1 = 0x4567_0123  # RM0090 §3.6.1
+FLASH_KEY2 = 0xCDEF_89AB
+FLASH_OPT_KEY1 = 0x0819_2A3B  # RM0090 §3.6.2
+FLASH_OPT_KEY2 = 0x4C5D_6E7F
+
+FLASH_SR_EOP = 1 << 0
+FLASH_SR_OPERR = 1 << 1  # CMSIS calls it SOP
+FLASH_SR_WRPERR = 1 << 4
+FLASH_SR_PGAERR = 1 << 5
+FLASH_SR_PGPERR = 1 << 6
+FLASH_SR_PGSERR = 1 << 7
+FLASH_SR_RDERR = 1 << 8
+FLASH_SR_BSY = 1 << 16
+FLASH_SR_W1C = (FLASH_SR_EOP | FLASH_SR_OPERR | FLASH_SR_WRPERR | FLASH_SR_PGAERR | FLASH_SR_PGPERR
+                | FLASH_SR_PGSERR | FLASH_SR_RDERR)
+
+FLASH_CR_PG = 1 << 0
+FLASH_CR_SER = 1 << 1
+FLASH_CR_MER = 1 << 2  # bank 1 mass erase (RM0090 "MER"; CMSIS FLASH_CR_MER1)
+FLASH_CR_SNB_POS = 3
+FLASH_CR_SNB = 0x1F << FLASH_CR_SNB_POS  # 5 bits on F42x/43x; bank 2 is SNB = sector + 4
+FLASH_CR_PSIZE_POS = 8
+FLASH_CR_PSIZE = 0x3 << FLASH_CR_PSIZE_POS
+FLASH_CR_MER1 = 1 << 15  # bank 2 mass erase (RM0090 "MER1"; CMSIS FLASH_CR_MER2)
+FLASH_CR_STRT = 1 << 16
+FLASH_CR_EOPIE = 1 << 24
+FLASH_CR_ERRIE = 1 << 25
+FLASH_CR_LOCK = 1 << 31
+FLASH_CR_RESET = FLASH_CR_LOCK
+
+FLASH_PSIZE_X8 = 0
+FLASH_PSIZE_X16 = 1
+FLASH_PSIZE_X32 = 2
+FLASH_PSIZE_X64 = 3
+
+FLASH_OPTCR_OPTLOCK = 1 << 0
+FLASH_OPTCR_OPTSTRT = 1 << 1
+FLASH_OPTCR_NWRP_POS = 16
+FLASH_OPTCR_NWRP = 0xFFF << FLASH_OPTCR_NWRP_POS
+FLASH_OPTCR_RESET = 0x0FFF_AAED  # factory option bytes: no WRP, RDP level 0 (0xAA), BOR off
+FLASH_OPTCR1_RESET = 0x0FFF_0000
+FLASH_OPTCR_WRITABLE = 0xCFFF_FFFC  # SPRMOD, DB1M, nWRP, RDP, user bits, BOR_LEV
+FLASH_OPTCR1_WRITABLE = 0x0FFF_0000
+
+
+@dataclass(frozen=True)
+class FlashSector:
+    """One erase unit of the main flash. ``snb`` is the value written to FLASH_CR.SNB."""
+
+    number: int
+    bank: int
+    snb: int
+    address: int
+    size: int
+
+    @property
+    def end(self) -> int:
+        return self.address + self.size
+
+
+def _bank_layout(bank: int, base: int, first: int) -> list[FlashSector]:
+    sizes = [16 * 1024] * 4 + [64 * 1024] + [128 * 1024] * 7
+    sectors: list[FlashSector] = []
+    address = base
+    for i, size in enumerate(sizes):
+        number = first + i
+        # RM0090 §3.9.8 (quoted by Zephyr, HAL FLASH_Erase_Sector): from sector 12, SNB = sector + 4.
+        snb = number if bank == 1 else number + 4
+        sectors.append(FlashSector(number, bank, snb, address, size))
+        address += size
+    return sectors
+
+
+# RM0090 table 6 ("Flash module - 2 Mbyte dual bank organization"), DB1M = 0.
+FLASH_SECTORS: tuple[FlashSector, ...] = tuple(
+    _bank_layout(1, FLASH_BASE, 0) + _bank_layout(2, FLASH_BANK2_BASE, 12))
+FLASH_SECTOR_BY_SNB: dict[int, FlashSector] = {s.snb: s for s in FLASH_SECTORS}
+FLASH_ROW = 16  # program/read row: 128 bits
+
+
+def sector_at(address: int) -> FlashSector | None:
+    """The main-flash sector holding ``address`` (0x08xxxxxx form), or None."""
+    for sector in FLASH_SECTORS:
+        if sector.address <= address < sector.end:
+            return sector
+    return None
+
+
+# --- RCC (RM0090 §6.3) ---------------------------------------------------------------------------
+RCC_CR = 0x00
+RCC_PLLCFGR = 0x04
+RCC_CFGR = 0x08
+RCC_CIR = 0x0C
+RCC_AHB1RSTR = 0x10
+RCC_AHB2RSTR = 0x14
+RCC_AHB3RSTR = 0x18
+RCC_APB1RSTR = 0x20
+RCC_APB2RSTR = 0x24
+RCC_AHB1ENR = 0x30
+RCC_AHB2ENR = 0x34
+RCC_AHB3ENR = 0x38
+RCC_APB1ENR = 0x40
+RCC_APB2ENR = 0x44
+RCC_AHB1LPENR = 0x50
+RCC_AHB2LPENR = 0x54
+RCC_AHB3LPENR = 0x58
+RCC_APB1LPENR = 0x60
+RCC_APB2LPENR = 0x64
+RCC_BDCR = 0x70
+RCC_CSR = 0x74
+RCC_SSCGR = 0x80
+RCC_PLLI2SCFGR = 0x84
+RCC_PLLSAICFGR = 0x88
+RCC_DCKCFGR = 0x8C
+
+RCC_CR_HSION = 1 << 0
+RCC_CR_HSIRDY = 1 << 1
+RCC_CR_HSEON = 1 << 16
+RCC_CR_HSERDY = 1 << 17
+RCC_CR_HSEBYP = 1 << 18
+RCC_CR_CSSON = 1 << 19
+RCC_CR_PLLON = 1 << 24
+RCC_CR_PLLRDY = 1 << 25
+RCC_CR_PLLI2SON = 1 << 26
+RCC_CR_PLLI2SRDY = 1 << 27
+RCC_CR_PLLSAION = 1 << 28
+RCC_CR_PLLSAIRDY = 1 << 29
+RCC_CR_HSITRIM_RESET = 16 << 3
+
+RCC_PLLCFGR_RESET = 0x2400_3010  # PLLQ=4, PLLN=192, PLLM=16, reserved bit 29 reads 1
+RCC_PLLCFGR_PLLM = 0x3F
+RCC_PLLCFGR_PLLN_POS = 6
+RCC_PLLCFGR_PLLN = 0x1FF << RCC_PLLCFGR_PLLN_POS
+RCC_PLLCFGR_PLLP_POS = 16
+RCC_PLLCFGR_PLLP = 0x3 << RCC_PLLCFGR_PLLP_POS
+RCC_PLLCFGR_PLLSRC_HSE = 1 << 22
+RCC_PLLCFGR_PLLQ_POS = 24
+RCC_PLLCFGR_PLLQ = 0xF << RCC_PLLCFGR_PLLQ_POS
+
+RCC_CFGR_SW = 0x3
+RCC_CFGR_SWS_POS = 2
+RCC_CFGR_SWS = 0x3 << RCC_CFGR_SWS_POS
+RCC_CFGR_SW_HSI = 0
+RCC_CFGR_SW_HSE = 1
+RCC_CFGR_SW_PLL = 2
+RCC_CFGR_HPRE_POS = 4
+RCC_CFGR_HPRE = 0xF << RCC_CFGR_HPRE_POS
+RCC_CFGR_PPRE1_POS = 10
+RCC_CFGR_PPRE1 = 0x7 << RCC_CFGR_PPRE1_POS
+RCC_CFGR_PPRE2_POS = 13
+RCC_CFGR_PPRE2 = 0x7 << RCC_CFGR_PPRE2_POS
+
+RCC_AHB1ENR_GPIOAEN = 1 << 0  # GPIOB..K: bits 1..10
+RCC_AHB1ENR_CCMDATARAMEN = 1 << 20
+RCC_AHB1ENR_RESET = RCC_AHB1ENR_CCMDATARAMEN
+RCC_AHB2ENR_RNGEN = 1 << 6
+RCC_APB1ENR_USART2EN = 1 << 17
+RCC_APB1ENR_PWREN = 1 << 28
+RCC_APB2ENR_USART1EN = 1 << 4
+RCC_APB2ENR_SYSCFGEN = 1 << 14
+
+RCC_BDCR_LSEON = 1 << 0
+RCC_BDCR_LSERDY = 1 << 1
+
+RCC_CSR_LSION = 1 << 0
+RCC_CSR_LSIRDY = 1 << 1
+RCC_CSR_RMVF = 1 << 24
+RCC_CSR_BORRSTF = 1 << 25
+RCC_CSR_PINRSTF = 1 << 26
+RCC_CSR_PORRSTF = 1 << 27
+RCC_CSR_SFTRSTF = 1 << 28
+RCC_CSR_RESET_FLAGS = 0xFE00_0000
+RCC_CSR_POWER_ON = RCC_CSR_PORRSTF | RCC_CSR_PINRSTF | RCC_CSR_BORRSTF
+
+HSI_HZ = 16_000_000
+HSE_HZ = 8_000_000  # STM32F429I-DISC1: 8 MHz from the ST-LINK MCO
+PLL48_MAX_HZ = 48_000_000  # RNG/SDIO limit (RM0090 §6.3.2, PLLQ caution)
+SYSCLK_MAX_HZ = 180_000_000
+
+# --- PWR (RM0090 §5.4) ---------------------------------------------------------------------------
+PWR_CR = 0x00
+PWR_CSR = 0x04
+PWR_CR_VOS_POS = 14
+PWR_CR_VOS = 0x3 << PWR_CR_VOS_POS
+PWR_CR_ODEN = 1 << 16
+PWR_CR_ODSWEN = 1 << 17
+PWR_CR_RESET = 0x0000_C000
+PWR_CSR_VOSRDY = 1 << 14
+PWR_CSR_ODRDY = 1 << 16
+PWR_CSR_ODSWRDY = 1 << 17
+
+# --- USART (RM0090 §30.6) ------------------------------------------------------------------------
+USART_SR = 0x00
+USART_DR = 0x04
+USART_BRR = 0x08
+USART_CR1 = 0x0C
+USART_CR2 = 0x10
+USART_CR3 = 0x14
+USART_GTPR = 0x18
+
+USART_SR_PE = 1 << 0
+USART_SR_FE = 1 << 1
+USART_SR_NF = 1 << 2
+USART_SR_ORE = 1 << 3
+USART_SR_IDLE = 1 << 4
+USART_SR_RXNE = 1 << 5
+USART_SR_TC = 1 << 6
+USART_SR_TXE = 1 << 7
+USART_SR_LBD = 1 << 8
+USART_SR_CTS = 1 << 9
+USART_SR_RESET = USART_SR_TXE | USART_SR_TC  # 0xC0 (the ST SVD's 0x00C0_0000 is a typo)
+USART_SR_RC_W0 = USART_SR_RXNE | USART_SR_TC | USART_SR_LBD | USART_SR_CTS
+
+USART_CR1_RE = 1 << 2
+USART_CR1_TE = 1 << 3
+USART_CR1_UE = 1 << 13
+USART_CR1_OVER8 = 1 << 15
+
+# --- RNG (RM0090 §24.4) --------------------------------------------------------------------------
+RNG_CR = 0x00
+RNG_SR = 0x04
+RNG_DR = 0x08
+RNG_CR_RNGEN = 1 << 2
+RNG_CR_IE = 1 << 3
+RNG_SR_DRDY = 1 << 0
+RNG_SR_CECS = 1 << 1
+RNG_SR_SECS = 1 << 2
+RNG_SR_CEIS = 1 << 5
+RNG_SR_SEIS = 1 << 6
+
+# --- GPIO (RM0090 §8.4) and SYSCFG (RM0090 §9.2) -------------------------------------------------
+GPIO_MODER = 0x00
+GPIO_OTYPER = 0x04
+GPIO_OSPEEDR = 0x08
+GPIO_PUPDR = 0x0C
+GPIO_IDR = 0x10
+GPIO_ODR = 0x14
+GPIO_BSRR = 0x18
+GPIO_LCKR = 0x1C
+GPIO_AFRL = 0x20
+GPIO_AFRH = 0x24
+GPIOA_MODER_RESET = 0xA800_0000  # PA13/14/15 are the debug port
+GPIOA_OSPEEDR_RESET = 0x0C00_0000
+GPIOA_PUPDR_RESET = 0x6400_0000
+GPIOB_MODER_RESET = 0x0000_0280
+GPIOB_OSPEEDR_RESET = 0x0000_00C0
+GPIOB_PUPDR_RESET = 0x0000_0100
+
+SYSCFG_MEMRMP = 0x00
+SYSCFG_PMC = 0x04
+SYSCFG_EXTICR1 = 0x08
+SYSCFG_CMPCR = 0x20
+SYSCFG_MEMRMP_MEM_MODE = 0x7
+SYSCFG_MEMRMP_UFB_MODE = 1 << 8
+
+# --- Cortex-M4 system control space (PM0214 §4; offsets from SCS_BASE) --------------------------
+SYST_CSR = 0x010
+SYST_RVR = 0x014
+SYST_CVR = 0x018
+SYST_CALIB = 0x01C
+SYST_CSR_ENABLE = 1 << 0
+SYST_CSR_TICKINT = 1 << 1
+SYST_CSR_CLKSOURCE = 1 << 2
+SYST_CSR_COUNTFLAG = 1 << 16
+SYST_CALIB_RESET = 18_750  # PM0214 §4.5.4 (not re-read): TENMS fixed to 1 ms at HCLK/8 = 18.75 MHz
+NVIC_ISER0 = 0x100
+NVIC_ICER0 = 0x180
+NVIC_ISPR0 = 0x200
+NVIC_ICPR0 = 0x280
+NVIC_IABR0 = 0x300
+NVIC_IPR0 = 0x400
+NVIC_IPR_END = 0x4F0  # 91 interrupts on F429 -> IPR0..IPR22 (one byte each, up to 0x45A)
+SCB_ACTLR = 0x008
+SCB_CPUID = 0xD00
+SCB_ICSR = 0xD04
+SCB_VTOR = 0xD08
+SCB_AIRCR = 0xD0C
+SCB_SCR = 0xD10
+SCB_CCR = 0xD14
+SCB_SHPR1 = 0xD18
+SCB_SHPR2 = 0xD1C
+SCB_SHPR3 = 0xD20
+SCB_SHCSR = 0xD24
+SCB_CFSR = 0xD28
+SCB_HFSR = 0xD2C
+SCB_DFSR = 0xD30
+SCB_MMFAR = 0xD34
+SCB_BFAR = 0xD38
+SCB_AFSR = 0xD3C
+SCB_CPACR = 0xD88
+COREDEBUG_DHCSR = 0xDF0
+COREDEBUG_DEMCR = 0xDFC
+STIR = 0xF00
+FPU_FPCCR = 0xF34
+FPU_FPCAR = 0xF38
+FPU_FPDSCR = 0xF3C
+
+SCB_CPUID_CORTEX_M4_R0P1 = 0x410F_C241  # implementer ARM, Cortex-M4 r0p1 (as on STM32F42x)
+SCB_VTOR_TBLOFF = 0xFFFF_FF80
+SCB_AIRCR_VECTKEY = 0x05FA << 16
+SCB_AIRCR_VECTKEYSTAT = 0xFA05 << 16
+SCB_AIRCR_SYSRESETREQ = 1 << 2
+SCB_AIRCR_PRIGROUP = 0x7 << 8
+SCB_CCR_RESET = 0x0000_0200  # STKALIGN
+SCB_CPACR_CP10_POS = 20
+SCB_CPACR_CP11_POS = 22
+FPU_FPCCR_RESET = 0xC000_0000  # ASPEN | LSPEN
+COREDEBUG_DEMCR_TRCENA = 1 << 24
+
+# DWT (offsets from DWT_BASE)
+DWT_CTRL = 0x000
+DWT_CYCCNT = 0x004
+DWT_CTRL_CYCCNTENA = 1 << 0
+DWT_CTRL_RESET = 0x4000_0000  # NUMCOMP = 4 on Cortex-M4
