@@ -18,6 +18,13 @@ from otakey.errors import Error
 # name -> module path; the order is the order of `otakey --help`.
 COMMANDS: dict[str, str] = {
     "demo": "otakey.cli.demo",
+    "agent": "otakey.cli.agent",
+    "product": "otakey.cli.product",
+    "device": "otakey.cli.device",
+    "fleet": "otakey.cli.fleet",
+    "anomalies": "otakey.cli.anomalies",
+    "firmware": "otakey.cli.firmware",
+    "emu": "otakey.cli.emu",
 }
 
 

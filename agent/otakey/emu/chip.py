@@ -12,6 +12,10 @@ and power cycles); ``cycles`` equals it (one cycle per instruction; the model ha
 Budgets and cuts at an instruction are exact, except that the core cannot stop inside an IT block:
 a stop due there lands at the end of the block (at most 4 instructions later).
 Flash operations are numbered from 1 over the chip's life too, in ``flash_ops``.
+
+Time warp: :meth:`Stm32f429.warp` lets SysTick periods pass without executing them (see
+:mod:`otakey.emu.core_periph`); ``warped_cycles`` counts them, and ``device_cycles`` is the device's
+own clock: instructions plus warped cycles.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ class Stm32f429:
         self.elf: ElfImage | None = None
         self._power_cycles = 0
         self._cut_at_instruction: int | None = None
+        self._warped_cycles = 0
 
     # --- facts ----------------------------------------------------------------------------------
     @property
@@ -127,6 +132,16 @@ class Stm32f429:
     @property
     def cycles(self) -> int:
         return self.bus.instructions
+
+    @property
+    def warped_cycles(self) -> int:
+        """Cycles let pass by :meth:`warp` over the chip's life."""
+        return self._warped_cycles
+
+    @property
+    def device_cycles(self) -> int:
+        """The device's clock in core cycles: instructions executed plus cycles warped."""
+        return self.bus.instructions + self._warped_cycles
 
     @property
     def flash_ops(self) -> list[FlashOp]:
@@ -342,6 +357,37 @@ class Stm32f429:
                 raise DeviceError(f"{self.name}: strict mode: {bus.violation or end.detail}")
             return RunResult(StopReason.FAULT, executed, cpu.pc(), end.detail)
 
+    def warp(self, periods: int) -> int:
+        """Let ``periods`` SysTick periods pass at once: each of the firmware's next reads of
+        SYST_CSR sees one more COUNTFLAG, and the core is not idle until it has seen them all.
+        Returns the cycles that represents (0 while SysTick is stopped: no period would end).
+        A parked core wakes, so the next :meth:`run` executes the polls."""
+        if self._cpu is None:
+            raise DeviceError(f"{self.name}: powered off")
+        cycles = self.scs.systick.warp(periods)
+        if cycles:
+            self._warped_cycles += cycles
+            self.bus.wake()
+        return cycles
+
+    def cancel_warp(self) -> int:
+        """Drop the warped periods the firmware has not seen yet (they never happened); returns how
+        many. For a harness that stops a warp once the device has something to say."""
+        tick = self.scs.systick
+        dropped, tick.warp_pending = tick.warp_pending, 0
+        self._warped_cycles -= dropped * tick.period_cycles
+        return dropped
+
+    def systick_period_cycles(self) -> int:
+        """Core cycles of one SysTick period as the firmware set it up (0 while stopped)."""
+        tick = self.scs.systick
+        return tick.period_cycles if tick.csr & rm.SYST_CSR_ENABLE and tick.rvr else 0
+
+    @property
+    def warp_pending(self) -> int:
+        """Warped SysTick periods the firmware has not seen yet."""
+        return self.scs.systick.warp_pending
+
     # --- debugger view --------------------------------------------------------------------------
     def peek(self, address: int, size: int = 4) -> int:
         """Read memory or a register as a debugger would (register reads have their side effects)."""
@@ -393,5 +439,6 @@ class Stm32f429:
     def describe(self) -> dict[str, Any]:
         """A summary for logs and failure artifacts."""
         return {"name": self.name, "uid": self.uid.hex(), "seed": self.seed, "powered": self.powered,
-                "instructions": self.instructions, "flash_ops": len(self.bus.flash_ops),
+                "instructions": self.instructions, "warped_cycles": self._warped_cycles,
+                "flash_ops": len(self.bus.flash_ops),
                 "fault": self.fault, "reports": [str(r) for r in self.bus.reports]}

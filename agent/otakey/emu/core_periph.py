@@ -15,6 +15,15 @@ cycle counter counts cycles while ``DEMCR.TRCENA`` and ``DWT_CTRL.CYCCNTENA`` ar
   is not modelled and is reported.
 * NVIC (PM0214 §4.2): registers as plain storage (nothing is ever delivered).
 * ``DEMCR`` survives a system reset (it is reset by power-on only).
+
+**Time warp.** A polling firmware that waits for a timeout (a retry after 2 s, a check-in every
+10 s) would otherwise have to execute every instruction of the wait: hundreds of millions for a few
+seconds at 180 MHz. :meth:`SysTick.warp` lets whole SysTick periods pass at once instead: each of the
+next CSR reads finds ``COUNTFLAG`` set, one per warped period, as if the core had slept through
+them. Firmware that counts its time in COUNTFLAG wraps (ours does) sees exactly that many periods
+go by, at the cost of one poll each. While periods are pending the core is not idle (the bus's idle
+detector keeps it running), so a warp is used up before the core parks again. The chip counts
+warped cycles apart from instructions; the DWT cycle counter does not see them.
 """
 
 from __future__ import annotations
@@ -70,6 +79,24 @@ class SysTick:
         self.value = 0  # CVR at time self.at
         self.at = 0
         self.flag = False
+        self.warp_pending = 0  # periods warped but not yet seen through COUNTFLAG
+
+    @property
+    def period_cycles(self) -> int:
+        """Core cycles of one SysTick period (RELOAD + 1 counts of its clock)."""
+        scale = 1 if self.csr & rm.SYST_CSR_CLKSOURCE else 8
+        return (self.rvr + 1) * scale
+
+    def warp(self, periods: int) -> int:
+        """Let ``periods`` whole periods pass at once (see the module docstring); returns the core
+        cycles that represents. Nothing happens (0) while the counter is disabled or RELOAD is 0,
+        because then no period would ever end."""
+        if periods < 0:
+            raise ValueError("periods must be >= 0")
+        if not self.csr & rm.SYST_CSR_ENABLE or self.rvr == 0:
+            return 0
+        self.warp_pending += periods
+        return periods * self.period_cycles
 
     def _ticks(self, now: int) -> int:
         if self.csr & rm.SYST_CSR_CLKSOURCE:
@@ -102,9 +129,13 @@ class SysTick:
     def read(self, offset: int, now: int) -> int | None:
         if offset == rm.SYST_CSR:
             self.advance(now)
-            value = self.csr | (rm.SYST_CSR_COUNTFLAG if self.flag else 0)
+            flag = self.flag
+            if not flag and self.warp_pending:
+                # One warped period per read: a firmware counting wraps sees each of them.
+                self.warp_pending -= 1
+                flag = True
             self.flag = False
-            return value
+            return self.csr | (rm.SYST_CSR_COUNTFLAG if flag else 0)
         if offset == rm.SYST_RVR:
             return self.rvr
         if offset == rm.SYST_CVR:
@@ -115,7 +146,8 @@ class SysTick:
         return None
 
     def peek(self, offset: int) -> int | None:
-        return {rm.SYST_CSR: self.csr | (rm.SYST_CSR_COUNTFLAG if self.flag else 0),
+        flag = self.flag or self.warp_pending > 0
+        return {rm.SYST_CSR: self.csr | (rm.SYST_CSR_COUNTFLAG if flag else 0),
                 rm.SYST_RVR: self.rvr, rm.SYST_CVR: self.value,
                 rm.SYST_CALIB: rm.SYST_CALIB_RESET}.get(offset)
 
@@ -128,6 +160,7 @@ class SysTick:
         elif offset == rm.SYST_CVR:
             self.value = 0
             self.flag = False
+            self.warp_pending = 0  # the counter restarts: periods not yet seen are gone
         elif offset != rm.SYST_CALIB:
             return False
         return True
@@ -144,6 +177,11 @@ class SystemControlSpace(Peripheral):
         self.demcr = 0
         self.dwt: Dwt | None = None
         self.reset(ResetKind.POWER_ON)
+        bus.add_rx_source(self)
+
+    def rx_pending(self) -> bool:
+        """Warped SysTick periods not yet seen: the core has something coming, it is not idle."""
+        return self.systick.warp_pending > 0
 
     def reset(self, kind: ResetKind) -> None:
         self.regs = {offset: reset for offset, (reset, _) in _STORAGE.items()}
