@@ -31,11 +31,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from typing import TypeVar
 
 from otakey.cloud.base import CloudCredential
 from otakey.errors import StorageError
+from otakey.protocol.messages import Action  # CHECKIN_REPLY.action, docs/protocol.md §3.4
 
 T = TypeVar("T")
 
@@ -51,15 +52,6 @@ class DeviceState(StrEnum):
     PROVISIONING = "provisioning"   # stage 2 started: a pending AK v1, not yet confirmed
     ACTIVE = "active"               # holds a confirmed AK
     REVOKED = "revoked"             # refused from now on (keys kept for forensics)
-
-
-class Action(IntEnum):
-    """CHECKIN_REPLY.action of docs/protocol.md §3.4."""
-
-    NONE = 0
-    ROTATE_AK = 1
-    UPDATE_CLOUD = 2
-    REVOKED = 3
 
 
 class CredentialState(StrEnum):

@@ -11,25 +11,13 @@
 #include "otakey/codec.h"
 #include "otakey/crypto.h"
 #include "otakey/errors.h"
+#include "le.h"
 
 static const uint8_t label_enc[] = "OTA-Key v1 enc";
 static const uint8_t label_mac[] = "OTA-Key v1 mac";
 static const uint8_t label_ak[] = "OTA-Key v1 AK";
 static const uint8_t label_fp[] = "OTA-Key v1 fingerprint";
 #define LABEL_LEN(l) (sizeof(l) - 1u) /* labels go on the wire without their NUL */
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
 
 void codec_header_pack(const struct codec_header *h, uint8_t out[CODEC_HEADER_LEN])
 {

@@ -22,6 +22,7 @@
 #include "port/port_device.h"
 #include "port/port_link.h"
 #include "port/port_rng.h"
+#include "le.h"
 
 #define DEV_DEFAULT_TIMEOUT_MS 2000u
 #define DEV_DEFAULT_CHECKIN_MS 10000u
@@ -47,19 +48,6 @@ static const char session_payload[] = "online";
 static int time_reached(uint32_t now, uint32_t t)
 {
     return (int32_t)(now - t) >= 0; /* wrap-safe */
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 
 static int is_zero(const uint8_t *p, size_t n)

@@ -17,6 +17,7 @@
 #include "otakey/errors.h"
 #include "otakey/keystore.h"
 #include "port/port_flash.h"
+#include "le.h"
 
 /* Format constants (flash-layout §1), not facts of the chip. */
 #define KS_COMMIT_LEN 4u   /* the commit word */
@@ -30,26 +31,6 @@
 
 /* Active area as the last ks_load/ks_commit/ks_invalidate_active left it. */
 static int ks_cur_active = -1;
-
-/* ---------------------------------------------------------------- little-endian helpers */
-
-static uint32_t get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static uint16_t get_le16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static void put_le32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-    p[2] = (uint8_t)(v >> 16);
-    p[3] = (uint8_t)(v >> 24);
-}
 
 static uint32_t align4(uint32_t n)
 {
