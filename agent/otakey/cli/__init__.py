@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "anomalies": "otakey.cli.anomalies",
     "firmware": "otakey.cli.firmware",
     "emu": "otakey.cli.emu",
+    "gateway": "otakey.cli.gateway",
 }
 
 
