@@ -431,3 +431,20 @@ def test_c_device_drops_agent_answer_for_another_exchange(wire: Wire) -> None:
     assert wire.dev.state == "prov_wait_offer"
     wire.dev.send(Channel.AGENT, offer)
     assert [MsgType(f.payload[1]) for f in wire.dev.take()] == [MsgType.PROV_CONFIRM]
+
+
+def test_c_device_longest_client_id_still_yields_a_session_topic_the_gateway_accepts(wire: Wire) -> None:
+    """§3.5 allows a 128-byte client id; the topic devices/<id>/status must still fit §5 (found by
+    fuzz_device: fuzz/crashes/fuzz_device-session-topic-over-128)."""
+    from otakey.protocol.messages import CloudCredential, Platform
+
+    def long_ids(device_id: bytes, version: int, rng: Callable[[int], bytes]) -> CloudCredential:
+        return CloudCredential(version, Platform.MOSQUITTO, "mqtt://127.0.0.1:1883", "c" * 128,
+                               "u" * 128, rng(24).hex().encode())
+
+    wire.agent = ReferenceAgent(issuer=long_ids)
+    wire.agent.add_order(PO_ID, PO_NAME, PK)
+    _provision(wire)
+    _first_cloud(wire)  # the gateway decoded the SESSION_OPEN (topic 143 bytes) and accepted it
+    assert wire.sessions[0].topic == "devices/" + "c" * 128 + "/status"
+    assert wire.dev.lib.host_dev_cloud_version() == 1

@@ -169,7 +169,7 @@ def test_session_result_round_trips():
 @pytest.mark.parametrize("raw", [
     b"", b"\x03\x01", b"\x02\x01\x04\x00\x00", b"\x02\x01\x00\x05\x00ab",
     SessionResult(1, 0, "x").encode() + b"\x00",
-    b"\x01\x01" + CRED.encode() + struct.pack("<H", 129) + b"t" * 129 + b"\x00\x00",
+    b"\x01\x01" + CRED.encode() + struct.pack("<H", 257) + b"t" * 257 + b"\x00\x00",
     b"\x01\x01" + CRED.encode() + b"\x00\x00" + struct.pack("<H", 257) + b"p" * 257,
 ])
 def test_session_malformed_message_is_rejected(raw):
@@ -180,7 +180,7 @@ def test_session_malformed_message_is_rejected(raw):
 
 def test_session_fields_over_limit_are_caller_mistakes():
     with pytest.raises(ValueError):
-        SessionOpen(1, CRED, "t" * 129, b"").encode()
+        SessionOpen(1, CRED, "t" * 257, b"").encode()
     with pytest.raises(ValueError):
         SessionResult(1, 0, "d" * 129).encode()
 

@@ -14,8 +14,9 @@ from otakey.errors import EnvelopeError, ProtocolError
 from otakey.protocol.messages import CloudCredential
 
 # Each variable field is a u16 length followed by n bytes, n at most these limits (read as
-# §3.5 writes its fields: "2 + n" bytes with the bound on n).
-TOPIC_MAX = 128
+# §3.5 writes its fields: "2 + n" bytes with the bound on n). The topic bound leaves room for
+# `devices/<client_id>/status` with the longest client id §3.5 allows (128 bytes).
+TOPIC_MAX = 256
 PAYLOAD_MAX = 256
 DETAIL_MAX = 128
 

@@ -716,7 +716,7 @@ def bodies_vectors() -> Json:
         ("session_open_mosquitto",
          SessionOpen(1, mosquitto_credential(1), f"devices/{DEVICE_ID.hex()}/status", b"online")),
         ("session_open_aws_max_topic_payload",
-         SessionOpen(255, aws_credential(2), "t" * 128, det("pl", 256))),
+         SessionOpen(255, aws_credential(2), "t" * 256, det("pl", 256))),
         ("session_result_connected", SessionResult(1, SessionStatus.CONNECTED, "")),
         ("session_result_refused", SessionResult(2, SessionStatus.REFUSED, "not authorised")),
         ("session_result_unreachable", SessionResult(3, SessionStatus.UNREACHABLE, "connection refused")),
@@ -738,7 +738,7 @@ def bodies_vectors() -> Json:
         ("unknown_type", b"\x03\x01", "type 1 or 2"),
         ("empty", b"", "type and request_id needed"),
         ("open_trailing_byte", open_good + b"\x00", "nothing may follow the payload"),
-        ("open_topic_129", b"\x01\x01" + good + u16(129) + b"t" * 129 + u16(0), "topic > 128"),
+        ("open_topic_257", b"\x01\x01" + good + u16(257) + b"t" * 257 + u16(0), "topic > 256"),
         ("open_payload_257", b"\x01\x01" + good + u16(0) + u16(257) + b"p" * 257, "payload > 256"),
         ("result_status_4", b"\x02\x01\x04" + u16(0), "status 0..3"),
         ("result_detail_129", b"\x02\x01\x01" + u16(129) + b"d" * 129, "detail > 128"),
@@ -746,8 +746,8 @@ def bodies_vectors() -> Json:
     ]
     return {
         "about": ("Body encodings of protocol §3 (plaintext before padding) and CLOUD channel payloads "
-                  "of §5 (type ‖ body). Variable session fields are u16 length + n bytes, n <= 128 "
-                  "(topic, detail) or 256 (payload)."),
+                  "of §5 (type ‖ body). Variable session fields are u16 length + n bytes, n <= 256 "
+                  "(topic, payload) or 128 (detail)."),
         "cloud_credentials": [{"name": n, "credential": _cred_json(c), "encoded": c.encode().hex()}
                               for n, c in creds],
         "bad_cloud_credentials": [{"name": n, "encoded": d.hex(), "why": w} for n, d, w in bad_creds],
