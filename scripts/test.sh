@@ -19,7 +19,8 @@ ctest --test-dir build/asan -j "$JOBS" --output-on-failure
 
 echo "== firmware for the Cortex-M4 (core size, ELF budget)"
 cmake -S . -B build/arm -DCMAKE_TOOLCHAIN_FILE=cmake/arm-none-eabi.cmake -DCMAKE_BUILD_TYPE=MinSizeRel >/dev/null
-cmake --build build/arm -j "$JOBS" | grep -E "^otakey-fw:"
+cmake --build build/arm -j "$JOBS" > build/arm-build.log 2>&1 || { tail -n 50 build/arm-build.log; exit 1; }
+grep -E "^otakey-fw:" build/arm-build.log
 echo "core library: $(arm-none-eabi-size -t build/arm/firmware_c/core/libotakey_core.a | tail -n 1)"
 
 echo "== fuzzing the C parsers (${OTAKEY_FUZZ_SECONDS:-60} s per target, in the background; log build/fuzz.log)"
