@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi cmake make gcc
-              clang libclang-rt-14-dev mosquitto mosquitto-clients postgresql)
+              clang libclang-rt-14-dev mosquitto mosquitto-clients postgresql chromium)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -18,6 +18,7 @@ from otakey.errors import Error
 # name -> module path; the order is the order of `otakey --help`.
 COMMANDS: dict[str, str] = {
     "demo": "otakey.cli.demo",
+    "report": "otakey.cli.report",
     "agent": "otakey.cli.agent",
     "product": "otakey.cli.product",
     "device": "otakey.cli.device",
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "firmware": "otakey.cli.firmware",
     "emu": "otakey.cli.emu",
     "gateway": "otakey.cli.gateway",
+    "doctor": "otakey.cli.doctor",
 }
 
 

@@ -246,6 +246,7 @@ class DeviceBackend(ABC):
 BACKENDS: dict[str, str] = {
     "emu": "otakey.harness.emu_backend:EmuBackend",
     "board": "otakey.harness.board_backend:BoardBackend",
+    "renode": "otakey.harness.renode_backend:RenodeBackend",
 }
 
 
