@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi binutils-arm-none-eabi cmake make gcc
-              clang libclang-rt-14-dev mosquitto mosquitto-clients postgresql chromium)
+              clang libclang-rt-14-dev mosquitto mosquitto-clients postgresql chromium
+              openocd stlink-tools)
 
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up the machine and runs every test suite: C core (ctest, plain and ASan+UBSan), the
 # Cortex-M4 cross build (firmware ELF with its size and budget report), libFuzzer on the C parsers
-# (OTAKEY_FUZZ_SECONDS per target, default 60, on one core while pytest runs), ruff, pytest.
+# (OTAKEY_FUZZ_SECONDS per target, default 60, on one core while pytest runs), ruff, pytest, and
+# the Robot Framework suites on the emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -34,6 +35,9 @@ python3 -m ruff check agent tests/python
 
 echo "== pytest"
 python3 -m pytest -q -p no:cacheprovider
+
+echo "== Robot Framework suites (emulator backend; reports in build/robot)"
+bash scripts/robot.sh
 
 echo "== fuzzing results"
 if ! wait "$fuzz_pid"; then

@@ -26,7 +26,9 @@ COMMANDS: dict[str, str] = {
     "anomalies": "otakey.cli.anomalies",
     "firmware": "otakey.cli.firmware",
     "emu": "otakey.cli.emu",
+    "campaign": "otakey.cli.campaign",
     "gateway": "otakey.cli.gateway",
+    "flash": "otakey.cli.flash",
     "doctor": "otakey.cli.doctor",
 }
 

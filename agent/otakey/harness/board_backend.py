@@ -376,6 +376,7 @@ class BoardBackend(DeviceBackend):
             time.sleep(min(0.005, deadline - now))
         elapsed = (time.monotonic() - start) * 1000.0
         self._device_ms += elapsed
+        self._unseen_input = False
         return RunOutcome(reason, 0, elapsed)
 
     def run_until_idle(self, max_instructions: int | None = None) -> RunOutcome:
@@ -397,13 +398,17 @@ class BoardBackend(DeviceBackend):
             time.sleep(0.005)
         elapsed = (time.monotonic() - start) * 1000.0
         self._device_ms += elapsed
+        self._unseen_input = False
         return RunOutcome(reason, 0, elapsed)
 
     # --- link ------------------------------------------------------------------------------------
+    _unseen_input = False
+
     def write(self, data: bytes) -> None:
         self._check_open()
         self.link.write(bytes(data))
         self.link.flush()
+        self._unseen_input = True
 
     def read(self) -> bytes:
         self._pump()
@@ -411,7 +416,8 @@ class BoardBackend(DeviceBackend):
         return data
 
     def input_pending(self) -> bool:
-        return False  # the ST-LINK forwards bytes as they come
+        """Bytes were written and no run has let the board answer them since."""
+        return self._unseen_input
 
     @property
     def link_url(self) -> str:

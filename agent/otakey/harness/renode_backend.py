@@ -29,9 +29,11 @@ until a slice of virtual time passes without output.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +48,7 @@ from .backend import DeviceBackend, RunOutcome, RunReason
 ENV_VARS = ("PYRENODE_PKG", "PYRENODE_BUILD_DIR", "PYRENODE_BIN")
 RENODE_DIR_ENV = "OTAKEY_RENODE_DIR"
 PYRENODE_INSTALL = "pip install 'pyrenode3[all] @ git+https://github.com/antmicro/pyrenode3.git'"
-SLICE_MS = 5.0  # virtual time per RunFor when waiting for output
+SLICE_MS = 100.0  # virtual time per RunFor while watching for output (each RunFor costs a monitor call)
 MIPS = 180  # one instruction per HCLK cycle at 180 MHz, as renode/otakey-device.resc sets
 
 
@@ -171,6 +173,11 @@ def load_pyrenode3() -> Any:
     # (DESIGN §4): give it a folder of its own so it cannot remove another Renode's files.
     previous = os.environ.get("TMPDIR")
     os.environ["TMPDIR"] = tempfile.mkdtemp(prefix="otakey-renode-tmp-")
+    # pyrenode3 reads the PYRENODE_* variables once, at first import: after a failed import its
+    # cached submodules would keep the old settings, so drop them before trying again.
+    if "pyrenode3" not in sys.modules:
+        for name in [m for m in sys.modules if m.startswith("pyrenode3.")]:
+            del sys.modules[name]
     try:
         import pyrenode3  # noqa: F401
         from pyrenode3 import wrappers
@@ -184,6 +191,9 @@ def load_pyrenode3() -> Any:
         reason = " ".join(str(exc).split())
         raise RenodeNotFound(f"pyrenode3 cannot load Renode ({reason}); {_hint()}") from None
     return wrappers
+
+
+_SERIAL = itertools.count(1)
 
 
 def _free_port() -> int:
@@ -232,7 +242,9 @@ class RenodeBackend(DeviceBackend):
         firmware = elf if isinstance(elf, FirmwareElf) else FirmwareElf(elf)
         uid = bytes(uid)
         uid_words(uid)
-        name = name or f"otakey-{uid.hex()}"
+        # Renode keeps machine and terminal names for the life of its process (a removed machine's
+        # terminal stays registered): make both unique per device made in this process.
+        name = f"{name or 'otakey'}-{uid.hex()[:8]}-{next(_SERIAL)}"
         repl = Path(options.get("repl") or renode_dir() / "stm32f429i-disc1.repl")
         if not repl.is_file():
             raise DeviceError(f"the Renode platform file {repl} is missing (set {RENODE_DIR_ENV})")
@@ -280,8 +292,11 @@ class RenodeBackend(DeviceBackend):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        # Halted, not removed: removing a machine left Renode 1.15.3's system bus of the next one
+        # with a disposed thread-local (ObjectDisposedException) when driven through pyrenode3.
         with contextlib.suppress(DeviceError):
-            self.session.execute(f'mach rem "{self.name}"')
+            self._select()
+            self.session.execute("cpu IsHalted true")
 
     def _check_open(self) -> None:
         if self._closed:
@@ -301,6 +316,7 @@ class RenodeBackend(DeviceBackend):
     def _run_slice(self, ms: float) -> None:
         self.session.execute(f'emulation RunFor "{ms / 1000.0:.6f}"')
         self._device_ms += ms
+        self._unseen_input = False
 
     def run_for(self, ms: float, stop_on_output: bool = False) -> RunOutcome:
         if ms < 0:
@@ -357,9 +373,12 @@ class RenodeBackend(DeviceBackend):
             self._pending += chunk
         return bool(self._pending)
 
+    _unseen_input = False
+
     def write(self, data: bytes) -> None:
         self._check_open()
         self._need_link().sendall(bytes(data))
+        self._unseen_input = True
 
     def read(self) -> bytes:
         self._peek_output()
@@ -367,7 +386,8 @@ class RenodeBackend(DeviceBackend):
         return data
 
     def input_pending(self) -> bool:
-        return False  # Renode's UART takes the bytes as they come; nothing waits on our side
+        """Bytes were written since virtual time last ran: the firmware has not seen them yet."""
+        return self._unseen_input
 
     # --- power cuts ------------------------------------------------------------------------------
     def cut_power(self) -> None:
