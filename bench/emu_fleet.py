@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The real firmware on the built-in emulator, from one instruction to a fleet (not a test).
+"""The real firmware on the built-in emulator, one device at a time (not a test).
 
 Prints:
 
@@ -11,9 +11,10 @@ Prints:
 3. one device's full provisioning through its gateway against a real agent and Mosquitto: stage 2,
    cloud credentials, the test-before-confirm MQTT session — wall time, emulated instructions,
    device time;
-4. devices/s of ``otakey emu run --devices N`` (default 100; ``--devices 0`` skips it).
+The fleet (N devices provisioned, connected and rotated over both cores) is ``otakey bench emu
+--devices N`` (agent/otakey/bench/emu.py); bench/README.md has both.
 
-Usage: python3 bench/emu_fleet.py [--devices N]
+Usage: python3 bench/emu_fleet.py
 Needs the cross toolchain and mosquitto with the dynsec plugin (scripts/setup.sh).
 """
 
@@ -21,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -153,25 +152,8 @@ def full_provisioning(elf_for: dict[str, FirmwareElf], work: Path) -> None:
         broker.stop()
 
 
-def fleet(devices: int) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "agent"))
-    t = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "otakey", "emu", "run", "--devices", str(devices), "--json"],
-                       capture_output=True, text=True, env=env, timeout=3600)
-    wall = time.perf_counter() - t
-    if r.returncode != 0:
-        print(r.stderr[-3000:], file=sys.stderr)
-        raise SystemExit(f"otakey emu run failed ({r.returncode})")
-    out = json.loads(r.stdout)
-    line(f"otakey emu run --devices {devices}",
-         f"{out['devices_per_second']:8.2f} devices/s ({out['cloud_connected']}/{out['devices']} connected, "
-         f"fleet {out['seconds']:.1f} s, whole command {wall:.1f} s, {out['workers']} workers)")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--devices", type=int, default=100, help="fleet size for `otakey emu run` (0: skip)")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     work = Path(tempfile.mkdtemp(prefix="emu-fleet-bench-"))
     compute_speed(work)
     elf_for: dict[str, FirmwareElf] = {}
@@ -179,8 +161,6 @@ def main() -> None:
     elf = elf_for["bench"]
     firmware_stage2_speed(elf, ProductFile.read(work / "bench.product.json"))
     boot_to_banner(elf)
-    if args.devices > 0:
-        fleet(args.devices)
 
 
 if __name__ == "__main__":

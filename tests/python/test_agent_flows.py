@@ -15,6 +15,7 @@ import pytest
 from agentproc import Stack, assert_converged, device_state, events, make_stack, mqtt_accepts, run
 from otakey.harness.protocol_device import ProtocolDevice, mqtt_opener
 from otakey.protocol.cloudsession import SessionOpen, SessionResult, SessionStatus
+from otakey.protocol.envelope import is_error_message
 from otakey.protocol.messages import Action
 from otakey.store import AuditEvent, CredentialState
 
@@ -286,3 +287,39 @@ def test_flows_device_keystore_file_survives_power_cut_and_new_process(stack: St
 
     d = run(go())
     assert_converged(stack, d, 1, 1)
+
+
+def test_flows_device_link_left_open_by_a_finished_event_loop_is_replaced_not_reused(stack: Stack) -> None:
+    """A harness drives one device from several asyncio.run() calls; the link the first loop left
+    open is dead with it, so the next exchange opens a new one instead of failing on the old."""
+    d = run(provisioned(stack))  # returns with its link still open, bound to a closed loop
+    assert d._writer is not None
+
+    async def checkin_again() -> None:
+        results = await d.run_until_idle()
+        assert results and results[-1].ok and results[-1].action == 0
+        await d.close()
+
+    run(checkin_again())
+    assert_converged(stack, d, 1, 1)
+
+
+def test_flows_cloud_request_delayed_past_a_newer_update_is_refused_and_registers_nothing(
+        stack: Stack) -> None:
+    """A CLOUD_REQUEST the device gave up (time-out) reaches the agent after the device completed
+    a newer update: the agent refuses it, registers no credential, and the device keeps v2."""
+
+    async def go() -> tuple[ProtocolDevice, bytes | None]:
+        d = await provisioned(stack)
+        late = d.session.start_cloud_request()  # have_version 1, held "in the network"
+        d.session.timeout()                      # the device gives it up
+        assert (await d.request_cloud()).ok and d.cloud is not None and d.cloud.version == 2
+        answer = await d.send_raw(late)          # the late copy arrives
+        await d.close()
+        return d, answer
+
+    d, answer = run(go())
+    assert answer is not None and is_error_message(answer)
+    s = assert_converged(stack, d, 1, 2)
+    assert s["creds"].pending is None
+    assert [c.version for c in s["all_creds"]] == [1, 2]

@@ -31,7 +31,6 @@ from otakey.harness.renode_backend import (
     resc_macro,
     uid_words,
 )
-from otakey.protocol.framing import Channel, Frame, FrameDecoder
 
 RENODE = renode_dir()
 UID = bytes.fromhex("0102030405060708090a0b0c")
@@ -254,21 +253,3 @@ def test_renode_run_for_advances_virtual_time_in_slices(elf: FirmwareElf) -> Non
         'emulation RunFor "0.050000"',
     ]
     assert out.device_ms == pytest.approx(250.0) and dev.device_ms == pytest.approx(250.0)
-
-
-@pytest.mark.skipif(
-    not any(os.environ.get(v) for v in ENV_VARS),
-    reason="needs a Renode: set PYRENODE_PKG, PYRENODE_BUILD_DIR or PYRENODE_BIN "
-    "(CI installs none: renode/README.md says how to get one)",
-)
-def test_renode_runs_one_device_to_its_boot_banner(elf: FirmwareElf) -> None:
-    dev = RenodeBackend.create(elf, UID, name="real-1")
-    try:
-        dev.power_on()
-        dev.run_for(500.0)
-        frames = [e for e in FrameDecoder().feed(dev.read()) if isinstance(e, Frame)]
-        console = b"".join(f.payload for f in frames if f.channel == Channel.CONSOLE).decode(errors="replace")
-        assert f"uid={UID.hex()} keys=factory area=B gen=1" in console, console
-        assert dev.read_flash("B") == elf.area_image("B")
-    finally:
-        dev.close()

@@ -24,12 +24,26 @@ _PUBLIC_BYTES = frozenset({"device", "device_id", "nonce_d", "nonce_a", "ak_fp",
 _KV_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
 
 
+# Field names already found harmless. Names are literals of the calling code, so this stays small;
+# it spares a regular-expression search per field of every event, debug ones included (several per
+# request: part of the logging share in bench/README.md's agent profile).
+_SAFE_NAMES: set[str] = set()
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def check_field(name: str, value: Any) -> None:
+    """Refuse a field that may carry key material (whatever the log level)."""
+    if name not in _SAFE_NAMES:
+        if _SECRET_NAME.search(name):
+            raise ValueError(f"log field {name!r} looks like key material; never log it")
+        _SAFE_NAMES.add(name)
+    if type(value) in _BYTES_TYPES and name not in _PUBLIC_BYTES:
+        raise TypeError(f"log field {name!r} carries bytes; only identifiers may be logged")
+
+
 def _value(name: str, value: Any) -> Any:
-    if _SECRET_NAME.search(name):
-        raise ValueError(f"log field {name!r} looks like key material; never log it")
+    check_field(name, value)
     if isinstance(value, bytes | bytearray | memoryview):
-        if name not in _PUBLIC_BYTES:
-            raise TypeError(f"log field {name!r} carries bytes; only identifiers may be logged")
         return bytes(value).hex()
     if isinstance(value, float):
         return round(value, 6)
@@ -49,11 +63,15 @@ class _Formatter(logging.Formatter):
     def __init__(self, fmt: str) -> None:
         super().__init__()
         self._json = fmt == "json"
+        self._second = -1
+        self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once per second, not per line
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
         }
         event_fields = getattr(record, "otakey_fields", None)
@@ -82,12 +100,19 @@ class EventLog:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(LOGGER_NAME)
 
+    def enabled(self, level: int) -> bool:
+        """Whether events of ``level`` are written (to skip building fields nobody will see)."""
+        return self._logger.isEnabledFor(level)
+
     def _emit(self, level: int, event: str, fields: dict[str, Any], exc: BaseException | None = None) -> None:
-        # Checked even when the level is off: a secret-bearing call must fail in every test run.
+        if not self._logger.isEnabledFor(level):
+            # Checked even when the level is off: a secret-bearing call must fail in every test run.
+            for name, value in fields.items():
+                check_field(name, value)
+            return
         data = fields_of(event, fields)
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={"otakey_fields": data},
-                             exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+        self._logger.log(level, event, extra={"otakey_fields": data},
+                         exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._emit(logging.DEBUG, event, fields)
@@ -114,3 +139,9 @@ def setup_logging(fmt: str = "kv", level: int = logging.INFO, stream: Any = None
     # paho and botocore talk a lot at INFO/DEBUG, and botocore may echo request parameters.
     for noisy in ("botocore", "boto3", "urllib3", "paho", "psycopg"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Record attributes our lines never show; the logging documentation's "Optimization" section
+    # lists these switches. Without them every record walks the stack to find its caller.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False

@@ -1,9 +1,11 @@
 """Cloud URLs: how the operator names a cloud adapter on the command line (``--cloud URL``).
 
-``mosquitto://ADMIN:PASSWORD@HOST:PORT[?device_endpoint=mqtt://H:P&timeout=S]``
+``mosquitto://ADMIN:PASSWORD@HOST:PORT[?device_endpoint=mqtt://H:P&timeout=S&shards=…]``
     Mosquitto 2.0 with dynamic security. ``ADMIN``/``PASSWORD`` is the dynsec admin login
     (percent-encode special characters). The agent connects to ``mqtt://HOST:PORT``; devices are
-    told ``device_endpoint`` (default: the same address).
+    told ``device_endpoint`` (default: the same address). ``shards=[ADMIN:PASSWORD@]H:P,…`` adds
+    more brokers: devices are spread over all of them by ID (``otakey.cloud.mosquitto_shards``;
+    a broker's own admin login defaults to the first one's, its device endpoint is ``mqtt://H:P``).
 
 ``aws-iot://[KEY_ID:SECRET@][HOST:PORT]?region=REGION[&tls=0|1][&data_endpoint=mqtts://H:P]``
     AWS IoT Core through boto3. With ``HOST:PORT`` the control plane is that address (a moto
@@ -32,6 +34,10 @@ class CloudSpec:
     display: str = ""
 
     def build(self) -> CloudAdapter:
+        if "shards" in self.options:
+            from otakey.cloud.mosquitto_shards import ShardedMosquittoAdapter
+
+            return ShardedMosquittoAdapter(self.options["shards"])
         return make_adapter(self.platform, **self.options)
 
 
@@ -63,7 +69,7 @@ def parse_cloud_url(url: str) -> CloudSpec:
 
 
 def _mosquitto(parts: Any) -> CloudSpec:
-    q = _query(parts, {"device_endpoint", "timeout"})
+    q = _query(parts, {"device_endpoint", "timeout", "shards"})
     host, port = parts.hostname, _port(parts)
     if not host or port is None:
         raise ValueError("a mosquitto URL needs HOST:PORT, e.g. mosquitto://admin:PASSWORD@127.0.0.1:1883")
@@ -78,7 +84,28 @@ def _mosquitto(parts: Any) -> CloudSpec:
         options["device_endpoint"] = q["device_endpoint"]
     if q.get("timeout"):
         options["timeout"] = float(q["timeout"])
-    return CloudSpec("mosquitto", options, f"mosquitto://{unquote(parts.username)}:***@{host}:{port}")
+    display = f"mosquitto://{unquote(parts.username)}:***@{host}:{port}"
+    if q.get("shards"):
+        shards = [options] + [_shard(text, options) for text in q["shards"].split(",") if text.strip()]
+        return CloudSpec("mosquitto", {"shards": shards}, f"{display} (+{len(shards) - 1} shards)")
+    return CloudSpec("mosquitto", options, display)
+
+
+def _shard(text: str, first: dict[str, Any]) -> dict[str, Any]:
+    """One more broker of a sharded Mosquitto URL: ``[ADMIN:PASSWORD@]HOST:PORT``."""
+    parts = urlsplit("//" + text.strip())
+    host, port = parts.hostname, _port(parts)
+    if not host or port is None:
+        raise ValueError(f"a Mosquitto shard is [ADMIN:PASSWORD@]HOST:PORT, not {text!r}")
+    options: dict[str, Any] = {"url": f"mqtt://{host}:{port}",
+                               "admin_username": first["admin_username"],
+                               "admin_password": first["admin_password"]}
+    if parts.username is not None:
+        options["admin_username"] = unquote(parts.username)
+        options["admin_password"] = unquote(parts.password or "")
+    if "timeout" in first:
+        options["timeout"] = first["timeout"]
+    return options
 
 
 def _aws(parts: Any) -> CloudSpec:

@@ -27,6 +27,8 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
 from otakey.cloud.base import CloudCredential as StoredCredential
 from otakey.errors import AdapterError, EnvelopeError, StorageError
 from otakey.protocol.envelope import (
@@ -42,8 +44,6 @@ from otakey.protocol.envelope import (
     fingerprint,
     open_message,
     seal,
-    x25519_public,
-    x25519_shared,
 )
 from otakey.protocol.messages import (
     Checkin,
@@ -58,6 +58,7 @@ from otakey.protocol.messages import (
     MsgType,
     Offer,
     decode_body,
+    reject,
 )
 from otakey.protocol.messages import CloudCredential as WireCredential
 from otakey.store import (
@@ -116,6 +117,25 @@ def pre_check(raw: bytes) -> Header:
     if header.type not in REQUEST_TYPES:
         raise Rejected("direction")
     return header
+
+
+def ephemeral_exchange(priv: bytes, peer_pub: bytes) -> tuple[bytes, bytes]:
+    """(our public key, shared secret) of the ephemeral X25519 key ``priv`` with the device's key.
+
+    The same as ``x25519_public(priv)`` and ``x25519_shared(priv, peer_pub)`` of the envelope
+    module, with one key object for both: building it derives the public key, the costliest step
+    of a HELLO, and the two calls did it twice. An all-zero result (low-order point) is the
+    uniform error, as there."""
+    if len(priv) != 32 or len(peer_pub) != 32:
+        raise ValueError("X25519 keys are 32 bytes")
+    key = X25519PrivateKey.from_private_bytes(priv)
+    try:
+        shared = key.exchange(X25519PublicKey.from_public_bytes(peer_pub))
+    except ValueError:
+        raise reject("low_order_point") from None  # cryptography refuses the all-zero secret itself
+    if not any(shared):
+        raise reject("low_order_point")
+    return key.public_key().public_bytes_raw(), shared
 
 
 def to_wire(cred: StoredCredential) -> WireCredential:
@@ -306,8 +326,8 @@ class Processor:
         assert product is not None
         await self.s.policy.check_provisioning(tx, product, dev, h.device_id)
         nonce_a = self.rng(16)
-        eph_priv = self.rng(32)
-        shared = x25519_shared(eph_priv, parsed.eph_pub)  # before any write: may be the uniform error
+        # Before any write: the exchange may be the uniform error (a low-order point).
+        eph_pub, shared = ephemeral_exchange(self.rng(32), parsed.eph_pub)
         ak = derive_ak(shared, h.nonce_d, nonce_a, h.device_id, product.name.encode())
         if dev is None:
             await tx.create_device(Device(device_id=h.device_id, po_id=product.po_id, ak_pending=ak,
@@ -319,7 +339,7 @@ class Processor:
         await tx.audit(AuditEvent.ISSUED, device_id=h.device_id, po_id=product.po_id,
                        detail="ak v1 (stage 2)")
         self.log.info("ak_offered", device=h.device_id, version=1, po=product.po_id)
-        body = Offer(x25519_public(eph_priv), 1).encode()
+        body = Offer(eph_pub, 1).encode()
         return self._seal(h, MsgType.PROV_OFFER, KeyKind.PK, product.po_id, product.pk, nonce_a, body)
 
     async def _akrot_hello(self, tx: Transaction, ctx: Context, parsed: object) -> bytes:
@@ -331,8 +351,7 @@ class Processor:
         if product is None:
             raise StorageError(f"device {dev.device_id.hex()} names a missing PO {dev.po_id}")
         nonce_a = self.rng(16)
-        eph_priv = self.rng(32)
-        shared = x25519_shared(eph_priv, parsed.eph_pub)
+        eph_pub, shared = ephemeral_exchange(self.rng(32), parsed.eph_pub)
         version = dev.ak_version + 1
         ak = derive_ak(shared, h.nonce_d, nonce_a, h.device_id, product.name.encode())
         await tx.update_device(replace(dev, ak_pending=ak, ak_pending_version=version, ak_nonce_d=h.nonce_d,
@@ -340,7 +359,7 @@ class Processor:
         # No PO on rotation entries: the PO's ISSUED count measures first activations (policy.py).
         await tx.audit(AuditEvent.ISSUED, device_id=h.device_id, detail=f"ak v{version} (rotation)")
         self.log.info("ak_offered", device=h.device_id, version=version)
-        body = Offer(x25519_public(eph_priv), version).encode()
+        body = Offer(eph_pub, version).encode()
         return self._seal(h, MsgType.AK_ROTATE_OFFER, KeyKind.AK, dev.ak_version, dev.ak, nonce_a, body)
 
     async def _ak_confirm(self, tx: Transaction, ctx: Context, parsed: object) -> bytes:
@@ -363,6 +382,10 @@ class Processor:
         h = ctx.header
         dev = await self._settle_ak(tx, ctx)
         creds = await tx.get_credentials(dev.device_id)
+        if creds.current is not None and 0 < parsed.have_version < creds.current.version:
+            # The device holds the active version (it proved it to activate it), so a request
+            # from below it is a late copy of one the device gave up, not a need (§3.3 step 1).
+            raise Rejected("stale_cloud_request")
         if creds.pending is not None and parsed.have_version >= creds.pending.version:
             # The device reports it committed the pending one (its confirm was lost).
             dev = await self._activate_cloud(tx, dev, creds)

@@ -30,10 +30,13 @@ COMMANDS: dict[str, str] = {
     "gateway": "otakey.cli.gateway",
     "flash": "otakey.cli.flash",
     "doctor": "otakey.cli.doctor",
+    "bench": "otakey.cli.bench",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or with ``only`` just that command's parser: a long-running ``otakey agent
+    serve`` then never imports the emulator, the ELF reader or the benchmarks (memory per process)."""
     parser = argparse.ArgumentParser(
         prog="otakey",
         description="OTA-Key: per-device key provisioning and atomic key updates for IoT fleets.",
@@ -41,14 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"otakey {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module_path in COMMANDS.values():
-        importlib.import_module(module_path).add_parser(sub)
+    for name, module_path in COMMANDS.items():
+        if only is None or name == only:
+            importlib.import_module(module_path).add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list and args_list[0] in COMMANDS else None
+    parser = build_parser(only=command)
+    args = parser.parse_args(args_list)
     try:
         return int(args.func(args) or 0)
     except ValueError as exc:

@@ -23,6 +23,7 @@ from otakey.harness.campaign import FLOWS, MODES, CampaignSpec, run_campaign
 #: the CLI's COMMANDS): ``otakey campaign KIND ...``.
 CAMPAIGNS: dict[str, str] = {
     "power-cut": "otakey.cli.campaign:add_power_cut_parser",
+    "faults": "otakey.cli.campaign_faults:add_parsers",  # also adds agent-crash
 }
 
 

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -178,6 +179,9 @@ class ProtocolDevice:
         self._flash: tuple[bytes, bytes | None] | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # A link belongs to the event loop that opened it: a caller may drive this device from
+        # several asyncio.run() calls, and a link left over from a closed loop is dead.
+        self._link_loop: asyncio.AbstractEventLoop | None = None
         self._decoder = FrameDecoder()
         self._pending: list[bytes] = []  # answers read but not consumed yet
         if self._path is not None and self._path.exists():
@@ -259,9 +263,32 @@ class ProtocolDevice:
         await self.close()
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_connection(self.host, self.port), self.timeout)
+        self._link_loop = asyncio.get_running_loop()
+        self._decoder.reset()
+
+    def _drop_foreign_link(self) -> None:
+        """Forget a link opened under another (finished) event loop: shut its socket down so the
+        agent sees the disconnect; the dead loop's transport keeps the descriptor until collected."""
+        if self._writer is None:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if self._link_loop is running and running is not None:
+            return
+        if running is None and self._link_loop is not None and not self._link_loop.is_closed():
+            return  # no loop running here; the link's own loop can still close it
+        sock = self._writer.get_extra_info("socket")
+        self._writer = self._reader = None
+        self._link_loop = None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         self._decoder.reset()
 
     async def close(self) -> None:
+        self._drop_foreign_link()
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
@@ -270,6 +297,7 @@ class ProtocolDevice:
 
     def cut_power(self) -> None:
         """Lose RAM (exchange, nonces, the agent's requested action) and the link; keep flash."""
+        self._drop_foreign_link()
         if self._writer is not None:
             self._writer.close()
         self._writer = self._reader = None
@@ -277,6 +305,7 @@ class ProtocolDevice:
         self.session = self._boot()
 
     async def _send(self, message: bytes) -> None:
+        self._drop_foreign_link()
         if self._writer is None:
             await self.connect()
         assert self._writer is not None
@@ -361,7 +390,7 @@ class ProtocolDevice:
             out = self.session.receive(first)
             self._persist_if_changed()
             if out.dropped:
-                return self._fail("timeout", f"ERROR dropped: {out.dropped}")
+                return await self._keep_listening(f"ERROR dropped: {out.dropped}")
             return Result(ErrorCode(ErrorMessage.unpack(first).code).name.lower())
         rname = MsgType(first[1]).name if first[1] in MsgType._value2member_map_ else "?"
         fault = self.faults.take(f"recv:{rname}")
@@ -378,7 +407,7 @@ class ProtocolDevice:
                 self.dropped.append(dup_out.dropped)
         if out.dropped:
             self.dropped.append(out.dropped)
-            return self._fail("timeout", f"{rname} dropped: {out.dropped}")
+            return await self._keep_listening(f"{rname} dropped: {out.dropped}")
         if out.session is not None:
             if self.faults.take("session") == "cut":
                 self.cut_power()
@@ -391,6 +420,16 @@ class ProtocolDevice:
         if self.session.state is DeviceState.REVOKED:
             return Result("revoked", action=Action.REVOKED)
         return Result("done", action=self.session.pending_action)
+
+    async def _keep_listening(self, why: str) -> bytes | Result:
+        """An answer that is not for the exchange in progress (a late duplicate of an earlier one,
+        a forgery) is dropped and the device waits on for its own, as the firmware does, until its
+        time-out; the dropped one must not be taken as the answer to the next request."""
+        answer = await self._receive() if self._reader is not None else None
+        if answer is None:
+            return self._fail("timeout", why)
+        self.answers.append(answer)
+        return await self._process(answer, [])
 
     async def resume(self, answer: bytes) -> Result:
         """Continue the exchange in progress with an answer obtained elsewhere (e.g. the same

@@ -1,7 +1,8 @@
 """The agent's store. ``store = await open_store(url, kek)``; see ``base.py`` for the API.
 
 URLs: ``sqlite:///absolute/path.db`` (read like a file:// URI), a plain (relative or absolute)
-path, ``:memory:``, or ``postgresql://user@host:port/db`` (``postgres://`` too).
+path, ``:memory:``, or ``postgresql://user@host:port/db`` (``postgres://`` too). A SQLite URL may
+end in ``?synchronous=normal`` (or ``full``, the default; see ``sqlite.py`` for what each keeps).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def make_store(url: str, kek: Kek | bytes, **options: Any) -> Store:
         return PostgresStore(url, _as_kek(kek), **options)
     from .sqlite import SQLiteStore
 
+    url, options = _sqlite_query(url, options)
     if url.startswith("sqlite://"):
         path = url[len("sqlite://"):]
         if not path.startswith("/"):
@@ -78,6 +80,21 @@ def make_store(url: str, kek: Kek | bytes, **options: Any) -> Store:
     if "://" in url:
         raise ValueError(f"unsupported store URL scheme: {url.split('://', 1)[0]}")
     return SQLiteStore(url, _as_kek(kek), **options)
+
+
+def _sqlite_query(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``…?synchronous=normal``: SQLite options may ride on the URL (``otakey agent serve --db``)."""
+    path, sep, query = url.partition("?")
+    if not sep:
+        return url, options
+    from urllib.parse import parse_qsl
+
+    options = dict(options)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key != "synchronous":
+            raise ValueError(f"unknown SQLite URL option {key!r} (known: synchronous)")
+        options["synchronous"] = value
+    return path, options
 
 
 async def open_store(url: str, kek: Kek | bytes, **options: Any) -> Store:

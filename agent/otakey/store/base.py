@@ -276,7 +276,9 @@ class Transaction(ABC):
     @abstractmethod
     async def update_device(self, device: Device) -> Device:
         """Write every field of ``device`` if its row still has ``device.row_version``; returns
-        the stored copy (row_version + 1). ConflictError if someone else wrote it first."""
+        the stored copy (row_version + 1, ``updated_at`` the write's time; ``last_checkin`` as
+        given — check-ins are written by :meth:`record_checkin`). ConflictError if someone else
+        wrote it first."""
 
     @abstractmethod
     async def record_checkin(self, device_id: bytes, checkin: CheckIn) -> None:

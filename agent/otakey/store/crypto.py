@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import struct
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -44,16 +43,17 @@ def aad(kind: str, *parts: bytes | int | str) -> bytes:
 
     Each part is length-prefixed, so (b"ab", b"c") and (b"a", b"bc") never collide.
     """
-    out = bytearray()
+    out = []
     for part in (kind, *parts):
         if isinstance(part, int):
-            raw = struct.pack("<q", part)
+            raw = part.to_bytes(8, "little", signed=True)  # struct "<q"
         elif isinstance(part, str):
             raw = part.encode()
         else:
             raw = bytes(part)
-        out += struct.pack("<H", len(raw)) + raw
-    return bytes(out)
+        out.append(len(raw).to_bytes(2, "little"))  # struct "<H"
+        out.append(raw)
+    return b"".join(out)
 
 
 class Kek:
