@@ -630,3 +630,19 @@ UNIT_TEST(test_wipe_zeroes_every_byte_and_nothing_beyond)
         CHECK_EQ_INT(buf[i], (i >= 8u && i < 40u) ? 0 : 0xc3);
     }
 }
+
+UNIT_TEST(test_wipe_at_every_alignment_and_length_zeroes_exactly_the_range)
+{
+    /* The word stores cover the aligned middle; the byte stores the edges at either end. */
+    uint32_t storage[16];
+    uint8_t *buf = (uint8_t *)storage;
+    for (size_t off = 0; off < 8u; off++) {
+        for (size_t n = 0; n <= 40u; n++) {
+            memset(buf, 0xc3, sizeof storage);
+            crypto_wipe(buf + off, n);
+            for (size_t i = 0; i < sizeof storage; i++) {
+                CHECK_EQ_INT(buf[i], (i >= off && i < off + n) ? 0 : 0xc3);
+            }
+        }
+    }
+}

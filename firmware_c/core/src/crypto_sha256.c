@@ -29,20 +29,26 @@ static uint32_t rotr(uint32_t x, unsigned n)
     return (x >> n) | (x << (32u - n));
 }
 
+/* FIPS 180-4 §6.2.2 with the schedule kept as a 16-word ring (w[t mod 16]): a quarter of the stack
+ * to wipe and to address, the same words. */
+static uint32_t sched_next(uint32_t w[16], unsigned t)
+{
+    const uint32_t w15 = w[(t - 15u) & 15u];
+    const uint32_t w2 = w[(t - 2u) & 15u];
+    const uint32_t s0 = rotr(w15, 7) ^ rotr(w15, 18) ^ (w15 >> 3);
+    const uint32_t s1 = rotr(w2, 17) ^ rotr(w2, 19) ^ (w2 >> 10);
+    w[t & 15u] += s0 + w[(t - 7u) & 15u] + s1;
+    return w[t & 15u];
+}
+
 static void sha256_compress(uint32_t h[8], const uint8_t block[64])
 {
-    uint32_t w[64];
+    uint32_t w[16];
     uint32_t a, b, c, d, e, f, g, hh;
 
-    /* FIPS 180-4 §6.2.2 step 1: the message schedule. */
     for (unsigned t = 0; t < 16u; t++) {
         w[t] = ((uint32_t)block[4u * t] << 24) | ((uint32_t)block[4u * t + 1u] << 16) |
                ((uint32_t)block[4u * t + 2u] << 8) | (uint32_t)block[4u * t + 3u];
-    }
-    for (unsigned t = 16; t < 64u; t++) {
-        const uint32_t s0 = rotr(w[t - 15u], 7) ^ rotr(w[t - 15u], 18) ^ (w[t - 15u] >> 3);
-        const uint32_t s1 = rotr(w[t - 2u], 17) ^ rotr(w[t - 2u], 19) ^ (w[t - 2u] >> 10);
-        w[t] = w[t - 16u] + s0 + w[t - 7u] + s1;
     }
     a = h[0];
     b = h[1];
@@ -53,9 +59,10 @@ static void sha256_compress(uint32_t h[8], const uint8_t block[64])
     g = h[6];
     hh = h[7];
     for (unsigned t = 0; t < 64u; t++) {
+        const uint32_t wt = (t < 16u) ? w[t] : sched_next(w, t);
         const uint32_t big_s1 = rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25);
         const uint32_t ch = (e & f) ^ (~e & g);
-        const uint32_t t1 = hh + big_s1 + ch + sha256_k[t] + w[t];
+        const uint32_t t1 = hh + big_s1 + ch + sha256_k[t] + wt;
         const uint32_t big_s0 = rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22);
         const uint32_t maj = (a & b) ^ (a & c) ^ (b & c);
         const uint32_t t2 = big_s0 + maj;
@@ -98,7 +105,15 @@ void crypto_sha256_update(crypto_sha256_ctx *ctx, const uint8_t *data, size_t le
 {
     ctx->total_len += (uint64_t)len;
     while (len > 0u) {
-        size_t take = CRYPTO_SHA256_BLOCK - ctx->block_len;
+        size_t take;
+        if (ctx->block_len == 0u && len >= CRYPTO_SHA256_BLOCK) {
+            /* A whole block straight from the input (the image hash, flash records): no copy. */
+            sha256_compress(ctx->h, data);
+            data += CRYPTO_SHA256_BLOCK;
+            len -= CRYPTO_SHA256_BLOCK;
+            continue;
+        }
+        take = CRYPTO_SHA256_BLOCK - ctx->block_len;
         if (take > len) {
             take = len;
         }

@@ -23,7 +23,15 @@ void crypto_wipe(void *p, size_t n)
     /* Stores through a volatile pointer are observable behaviour, so the compiler may not drop them
      * even when the buffer is dead afterwards (a plain memset before return would be elided). */
     volatile uint8_t *vp = (volatile uint8_t *)p;
-    for (size_t i = 0; i < n; i++) {
+    size_t i = 0;
+    /* Word stores for the aligned middle: a quarter of the stores on 32-bit cores. */
+    while (i < n && ((uintptr_t)(vp + i) & 3u) != 0u) {
+        vp[i++] = 0;
+    }
+    for (; i + 4u <= n; i += 4u) {
+        *(volatile uint32_t *)(void *)(vp + i) = 0u;
+    }
+    for (; i < n; i++) {
         vp[i] = 0;
     }
 }

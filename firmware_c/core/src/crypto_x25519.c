@@ -19,43 +19,44 @@
 
 typedef int32_t fe[10];
 
-/* Round-to-nearest carry of limb i into limb i + 1 (or, from limb 9, times 19 into limb 0). */
-#define CARRY_EVEN(t, i)                                                   \
-    do {                                                                   \
-        const int64_t c_ = ((t)[i] + ((int64_t)1 << 25)) >> 26;            \
-        (t)[(i) + 1] += c_;                                                \
-        (t)[i] -= c_ * ((int64_t)1 << 26);                                 \
-    } while (0)
-#define CARRY_ODD(t, i)                                                    \
-    do {                                                                   \
-        const int64_t c_ = ((t)[i] + ((int64_t)1 << 24)) >> 25;            \
-        (t)[(i) + 1] += c_;                                                \
-        (t)[i] -= c_ * ((int64_t)1 << 25);                                 \
+/* Round-to-nearest carry out of a 64-bit limb sum: the carry goes on in 64 bits, while what stays in the
+ * limb is within +-2^25 (even) or +-2^24 (odd), so it is computed from the low 32 bits alone (the
+ * wrap-around cancels). On a 32-bit core that halves the work of a carry. */
+#define CARRY_WIDE(t, h, i, bits)                                                           \
+    do {                                                                                   \
+        const int64_t c_ = ((t)[i] + ((int64_t)1 << ((bits) - 1))) >> (bits);              \
+        (t)[(i) + 1] += c_;                                                                \
+        (h)[i] = (int32_t)((uint32_t)(t)[i] - ((uint32_t)c_ << (bits)));                   \
     } while (0)
 
 /* Bring 64-bit limb sums back to the carried bounds. Two interleaved chains (from 0 and from 4) shorten
- * the dependency; the last carry of limb 9 folds into limb 0 because 2^255 = 19 (mod p). */
+ * the dependency; the last carry of limb 9 folds into limb 0 because 2^255 = 19 (mod p). Limbs 4 and 0
+ * are carried twice; their second carry is small (< 2^13) and goes into a limb already in bounds. */
 static void fe_carry_wide(fe h, int64_t t[10])
 {
-    int64_t c9;
+    int64_t c, v;
 
-    CARRY_EVEN(t, 0);
-    CARRY_EVEN(t, 4);
-    CARRY_ODD(t, 1);
-    CARRY_ODD(t, 5);
-    CARRY_EVEN(t, 2);
-    CARRY_EVEN(t, 6);
-    CARRY_ODD(t, 3);
-    CARRY_ODD(t, 7);
-    CARRY_EVEN(t, 4);
-    CARRY_EVEN(t, 8);
-    c9 = (t[9] + ((int64_t)1 << 24)) >> 25;
-    t[0] += 19 * c9;
-    t[9] -= c9 * ((int64_t)1 << 25);
-    CARRY_EVEN(t, 0);
-    for (unsigned i = 0; i < 10u; i++) {
-        h[i] = (int32_t)t[i];
-    }
+    CARRY_WIDE(t, h, 0, 26);
+    CARRY_WIDE(t, h, 4, 26);
+    CARRY_WIDE(t, h, 1, 25);
+    CARRY_WIDE(t, h, 5, 25);
+    CARRY_WIDE(t, h, 2, 26);
+    CARRY_WIDE(t, h, 6, 26);
+    /* Limb 3 carries into limb 4, already reduced: finish limb 4 from that 64-bit sum. */
+    c = (t[3] + ((int64_t)1 << 24)) >> 25;
+    h[3] = (int32_t)((uint32_t)t[3] - ((uint32_t)c << 25));
+    v = (int64_t)h[4] + c;
+    c = (v + ((int64_t)1 << 25)) >> 26;
+    h[4] = (int32_t)((uint32_t)v - ((uint32_t)c << 26));
+    h[5] += (int32_t)c;
+    CARRY_WIDE(t, h, 7, 25);
+    CARRY_WIDE(t, h, 8, 26);
+    c = (t[9] + ((int64_t)1 << 24)) >> 25;
+    h[9] = (int32_t)((uint32_t)t[9] - ((uint32_t)c << 25));
+    v = (int64_t)h[0] + 19 * c;
+    c = (v + ((int64_t)1 << 25)) >> 26;
+    h[0] = (int32_t)((uint32_t)v - ((uint32_t)c << 26));
+    h[1] += (int32_t)c;
 }
 
 static void fe_mul(fe h, const fe f, const fe g)
