@@ -6,7 +6,15 @@ never skip.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
+import signal
+import sys
+import threading
+import traceback
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import TypeVar
 
 import pytest
@@ -14,6 +22,42 @@ import pytest
 import servers
 
 S = TypeVar("S")
+
+#: No test here needs minutes; one that runs this long is stuck, and says where instead of holding
+#: CI until its cap.
+TEST_TIME_LIMIT = float(os.environ.get("OTAKEY_TEST_TIME_LIMIT", "600"))
+
+
+class TestStuck(Exception):
+    """A test ran over TEST_TIME_LIMIT: its threads and asyncio tasks are in the message."""
+
+
+def _where_everything_waits() -> str:
+    out = io.StringIO()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        out.write(f"--- thread {names.get(ident, ident)}\n{''.join(traceback.format_stack(frame, limit=25))}")
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        for task in asyncio.all_tasks(loop):
+            out.write(f"--- task {task.get_name()}\n")
+            task.print_stack(limit=25, file=out)
+    return out.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _stuck_test_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    def expired(_signum: int, _frame: FrameType | None) -> None:
+        raise TestStuck(f"{request.node.nodeid} ran over {TEST_TIME_LIMIT:.0f} s; where it waits:\n"
+                        f"{_where_everything_waits()}")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, TEST_TIME_LIMIT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _serve(start: Callable[[], S]) -> Iterator[S]:

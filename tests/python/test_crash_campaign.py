@@ -17,7 +17,7 @@ from otakey.harness.crash_campaign import CrashCampaignSpec, run_crash_campaign
 
 
 def test_crash_campaign_quick_sqlite_kills_during_rotation_every_device_converges() -> None:
-    r = subprocess.run([sys.executable, "-m", "otakey.cli.campaign_faults", "agent-crash", "--quick",
+    r = subprocess.run([sys.executable, "-m", "otakey", "campaign", "agent-crash", "--quick",
                         "--seed", "4", "--json"], env=base_env(), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = json.loads(r.stdout)
@@ -44,6 +44,6 @@ def test_crash_campaign_ak_rotation_with_every_restart_armed_dies_at_crash_point
 def test_crash_campaign_refuses_replicas_on_sqlite_in_one_sentence() -> None:
     with pytest.raises(ValueError, match="PostgreSQL"):
         CrashCampaignSpec(agents=3, db="sqlite")
-    r = subprocess.run([sys.executable, "-m", "otakey.cli.campaign_faults", "agent-crash", "--agents", "3"],
+    r = subprocess.run([sys.executable, "-m", "otakey", "campaign", "agent-crash", "--agents", "3"],
                        env=base_env(), capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "PostgreSQL" in r.stderr and "Traceback" not in r.stderr

@@ -258,7 +258,7 @@ def test_fault_campaign_quick_every_session_converges_with_every_kind_of_fault()
 
 def test_fault_campaign_cli_with_aws_migrates_and_reports_json() -> None:
     env = base_env()
-    r = subprocess.run([sys.executable, "-m", "otakey.cli.campaign_faults", "faults", "--sessions", "60",
+    r = subprocess.run([sys.executable, "-m", "otakey", "campaign", "faults", "--sessions", "60",
                         "--devices", "6", "--emulated", "0", "--aws", "--seed", "3", "--json"],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -22,6 +22,7 @@ _SECRET_NAME = re.compile(r"(^|_)(key|keys|pk|ak|kek|secret|password|passwd|toke
 # bytes fields that identify things and are public (on the wire in clear, or MACs of a label).
 _PUBLIC_BYTES = frozenset({"device", "device_id", "nonce_d", "nonce_a", "ak_fp", "cloud_fp"})
 _KV_SAFE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")
+_SAFE_TEXTS: set[str] = set()  # texts found to need no quoting (bounded, see _Formatter.format)
 
 
 # Field names already found harmless. Names are literals of the calling code, so this stays small;
@@ -43,6 +44,9 @@ def check_field(name: str, value: Any) -> None:
 
 def _value(name: str, value: Any) -> Any:
     check_field(name, value)
+    kind = type(value)
+    if kind is str or kind is int:  # most fields: no conversion
+        return value
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, float):
@@ -67,31 +71,81 @@ class _Formatter(logging.Formatter):
         self._stamp = ""
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+        event_fields = getattr(record, "otakey_fields", None)
+        if event_fields is None:
+            event_fields = {"event": "log", "msg": record.getMessage()}
+        exc = record.exc_info[1] if record.exc_info else None
+        return self.line(record.created, record.msecs, record.levelname, event_fields, exc)
+
+    def line(self, created: float, msecs: float, levelname: str, event_fields: dict[str, Any],
+             exc: BaseException | None) -> str:
+        second = int(created)
         if second != self._second:  # strftime once per second, not per line
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         data: dict[str, Any] = {
-            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
+            "ts": f"{self._stamp}.{int(msecs):03d}Z",
+            "level": levelname.lower(),
         }
-        event_fields = getattr(record, "otakey_fields", None)
-        if event_fields is None:
-            data["event"] = "log"
-            data["msg"] = record.getMessage()
-        else:
-            data.update(event_fields)
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
+        data.update(event_fields)
+        if exc is not None:
             data["error"] = f"{type(exc).__name__}: {exc}"
         if self._json:
             return json.dumps(data, separators=(",", ":"))
         parts = []
         for k, v in data.items():
+            kind = type(v)
+            if kind is int:  # digits and a sign: never quoted
+                parts.append(f"{k}={v}")
+                continue
             if v is None:
                 v = ""
-            text = str(v).lower() if isinstance(v, bool) else str(v)
-            parts.append(f"{k}={text}" if _KV_SAFE.match(text) else f"{k}={json.dumps(text)}")
+            text = v if kind is str else (str(v).lower() if kind is bool else str(v))
+            if text in _SAFE_TEXTS or _KV_SAFE.match(text):
+                parts.append(f"{k}={text}")
+                if len(text) <= 32 and len(_SAFE_TEXTS) < 4096:
+                    # Event names, types, results, addresses repeat on every line.
+                    _SAFE_TEXTS.add(text)
+            else:
+                parts.append(f"{k}={json.dumps(text)}")
         return " ".join(parts)
+
+
+class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`setup_logging` installs. While it is the only way out of the agent's
+    logger (nothing else attached anywhere on the way to the root, no filters), :class:`EventLog`
+    hands it the finished line without a LogRecord: the same text, for about half the cost of the
+    logging machinery, which was ~8 % of the agent under load (bench/README.md, goal 1). Anything
+    else attached (a test's log capture, another handler) gets the normal route."""
+
+    def write_line(self, line: str) -> None:
+        self.acquire()
+        try:
+            self.stream.write(line + self.terminator)
+            self.flush()
+        except Exception:
+            # As Handler.handleError would: a closed or full stream must not take the caller down.
+            if logging.raiseExceptions:
+                sys.stderr.write("--- logging error: cannot write a log line ---\n")
+        finally:
+            self.release()
+
+
+def _direct_handler(logger: logging.Logger, level: int) -> _LineHandler | None:
+    """The :class:`_LineHandler` ``logger``'s events go to, when it is their only destination."""
+    node: logging.Logger | None = logger
+    root = logging.root
+    while node is not None and node is not root:
+        if node.handlers or node.filters or not node.propagate or node.disabled:
+            return None
+        node = node.parent
+    handlers = root.handlers
+    if len(handlers) != 1 or root.filters:
+        return None
+    handler = handlers[0]
+    if (type(handler) is not _LineHandler or handler.filters or level < handler.level
+            or not isinstance(handler.formatter, _Formatter)):
+        return None
+    return handler
 
 
 class EventLog:
@@ -111,6 +165,14 @@ class EventLog:
                 check_field(name, value)
             return
         data = fields_of(event, fields)
+        direct = _direct_handler(self._logger, level)
+        if direct is not None:
+            formatter = direct.formatter
+            assert isinstance(formatter, _Formatter)
+            created = time.time()
+            direct.write_line(formatter.line(created, (created - int(created)) * 1000,
+                                             logging.getLevelName(level), data, exc))
+            return
         self._logger.log(level, event, extra={"otakey_fields": data},
                          exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
 
@@ -129,7 +191,7 @@ class EventLog:
 
 def setup_logging(fmt: str = "kv", level: int = logging.INFO, stream: Any = None) -> None:
     """Route the agent's (and the libraries') log records to ``stream`` (stderr) as ``fmt`` lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _LineHandler(stream or sys.stderr)
     handler.setFormatter(_Formatter(fmt))
     root = logging.getLogger()
     for old in list(root.handlers):

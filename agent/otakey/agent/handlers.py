@@ -90,6 +90,16 @@ FIRST_TYPES = frozenset({MsgType.PROV_HELLO, MsgType.AK_ROTATE_HELLO, MsgType.CL
 CLOUD_TARGET_PREFIX = "cloud_target="
 
 Crash = Callable[[str], None]
+PO_NAME_CACHE = 4096  # POs whose names a Processor remembers (a fleet has few)
+
+
+_TYPE_NAMES = {int(t): t.name for t in MsgType}
+
+
+def _type_name(msg_type: int) -> str:
+    """``MsgType(msg_type).name`` from a table: named twice or more per request (logs, crash
+    points), where building the enum member each time showed in the profile."""
+    return _TYPE_NAMES[msg_type]
 
 
 class Rejected(Exception):
@@ -181,6 +191,7 @@ class Processor:
         self.log = log
         self.crash = crash
         self.rng = rng
+        self._po_names: dict[int, bytes] = {}
         self._handlers: dict[int, Callable[[Transaction, Context, object], Awaitable[bytes]]] = {
             MsgType.PROV_HELLO: self._prov_hello,
             MsgType.PROV_CONFIRM: self._ak_confirm,
@@ -215,17 +226,20 @@ class Processor:
             # back, the device retries, and the log says what broke.
             self.log.error("handler_failed", exc, source=source, **_ids(raw))
             return error_reply_for(raw, ErrorCode.RETRY)
-        self.crash(f"after_commit:{MsgType(header.type).name}")
+        self.crash(f"after_commit:{_type_name(header.type)}")
         # Check-ins are the bulk of the traffic of a quiet fleet: only at debug level.
         emit = self.log.debug if header.type == MsgType.CHECKIN else self.log.info
-        emit("answered", source=source, type=MsgType(header.type).name, result=outcome.result,
+        emit("answered", source=source, type=_type_name(header.type), result=outcome.result,
              device=header.device_id)
         return outcome.answer
 
     async def _unit(self, tx: Transaction, raw: bytes, header: Header) -> Outcome:
         digest = hashlib.sha256(raw).digest()
-        ctx = await self._load(tx, header)
-        stored = await tx.get_exchange(header.device_id, header.nonce_d, header.type)
+        # The device row is locked first: on PostgreSQL two replicas handling the same device
+        # queue here, and the second then sees the first one's exchange and state.
+        device, stored = await tx.get_device_and_exchange(header.device_id, header.nonce_d, header.type)
+        product = await tx.get_product(header.key_ref) if header.key_kind == KeyKind.PK else None
+        ctx = Context(header, device, product)
         if stored is not None:
             if hmac.compare_digest(stored.request_hash, digest):
                 return Outcome(stored.answer, "duplicate")  # never a second key (§4)
@@ -250,21 +264,14 @@ class Processor:
         answer_nonce_a = answer[36:52]
         await tx.put_exchange(Exchange(device_id=h.device_id, nonce_d=h.nonce_d, request_type=h.type,
                                        nonce_a=answer_nonce_a, answer=answer, request_hash=digest))
-        self.crash(f"before_commit:{MsgType(h.type).name}")
+        self.crash(f"before_commit:{_type_name(h.type)}")
         return Outcome(answer, result)
-
-    async def _load(self, tx: Transaction, h: Header) -> Context:
-        # The device row is locked first: on PostgreSQL two replicas handling the same device
-        # queue here, and the second then sees the first one's exchange and state.
-        device = await tx.get_device(h.device_id, for_update=True)
-        product = await tx.get_product(h.key_ref) if h.key_kind == KeyKind.PK else None
-        return Context(h, device, product)
 
     async def _refuse(self, tx: Transaction, ctx: Context, r: Refusal) -> bytes:
         h = ctx.header
         po = r.po_id if r.po_id is not None else (ctx.device.po_id if ctx.device else None)
         await tx.audit(AuditEvent.REFUSED, device_id=h.device_id, po_id=po,
-                       detail=f"{MsgType(h.type).name}: {r.reason}")
+                       detail=f"{_type_name(h.type)}: {r.reason}")
         if r.anomaly is not None:
             detail = r.reason
             if r.freeze and po is not None:
@@ -274,7 +281,7 @@ class Processor:
                     detail += "; PO frozen"
             await tx.add_anomaly(r.anomaly, device_id=h.device_id, po_id=po, detail=detail)
             self.log.warning("anomaly", kind=r.anomaly, device=h.device_id, po=po, detail=detail)
-        self.log.info("refused", type=MsgType(h.type).name, device=h.device_id, reason=r.reason)
+        self.log.info("refused", type=_type_name(h.type), device=h.device_id, reason=r.reason)
         return ErrorMessage(ErrorCode.REFUSED, h.device_id, h.nonce_d, h.nonce_a).pack()
 
     # ------------------------------------------------------------------------------ answers
@@ -342,18 +349,31 @@ class Processor:
         body = Offer(eph_pub, 1).encode()
         return self._seal(h, MsgType.PROV_OFFER, KeyKind.PK, product.po_id, product.pk, nonce_a, body)
 
+    async def _po_name(self, tx: Transaction, dev: Device) -> bytes:
+        """The name of the device's PO, which goes into its AK. Remembered: a PO's name never
+        changes and a PO is never deleted (devices reference it), and reading the row cost a
+        statement and a key opening per rotation."""
+        name = self._po_names.get(dev.po_id)
+        if name is None:
+            product = await tx.get_product(dev.po_id)
+            if product is None:
+                raise StorageError(f"device {dev.device_id.hex()} names a missing PO {dev.po_id}")
+            name = product.name.encode()
+            if len(self._po_names) >= PO_NAME_CACHE:
+                self._po_names.clear()
+            self._po_names[dev.po_id] = name
+        return name
+
     async def _akrot_hello(self, tx: Transaction, ctx: Context, parsed: object) -> bytes:
         assert isinstance(parsed, Hello)
         h = ctx.header
         dev = await self._settle_ak(tx, ctx)
         assert dev.ak is not None
-        product = await tx.get_product(dev.po_id)
-        if product is None:
-            raise StorageError(f"device {dev.device_id.hex()} names a missing PO {dev.po_id}")
+        po_name = await self._po_name(tx, dev)
         nonce_a = self.rng(16)
         eph_pub, shared = ephemeral_exchange(self.rng(32), parsed.eph_pub)
         version = dev.ak_version + 1
-        ak = derive_ak(shared, h.nonce_d, nonce_a, h.device_id, product.name.encode())
+        ak = derive_ak(shared, h.nonce_d, nonce_a, h.device_id, po_name)
         await tx.update_device(replace(dev, ak_pending=ak, ak_pending_version=version, ak_nonce_d=h.nonce_d,
                                        ak_nonce_a=nonce_a))
         # No PO on rotation entries: the PO's ISSUED count measures first activations (policy.py).

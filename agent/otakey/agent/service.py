@@ -8,7 +8,9 @@ adapters and store in reverse order; each close error is logged and all are rais
 
 Nothing that matters lives only in memory: every answer is committed to the store before it is
 sent (``handlers.py``), so a restarted agent — or another replica on the same PostgreSQL —
-carries on from the store alone. The only in-memory state is the per-source rate limiter.
+carries on from the store alone. The only in-memory state is the per-source rate limiter, and
+bounded caches of what cannot change: PO names (``Processor``) and the subkeys derived from a root
+key (``protocol/envelope.py``).
 
 Crash points (test-only fault injection, ``AgentConfig.crash_at``; the agent SIGKILLs itself):
 ``before_commit:<TYPE>`` (answer computed, transaction not committed), ``after_commit:<TYPE>``
@@ -27,6 +29,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from enum import Enum
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 from otakey.errors import AdapterError, Error, FrameError, StorageError
@@ -85,7 +88,7 @@ class Session(asyncio.Protocol):
     decoder (made when bytes arrive, dropped when no partial frame is left) — what lets one agent
     hold 10,000 idle devices in a few tens of MB (``otakey bench connections``)."""
 
-    __slots__ = ("_agent", "_decoder", "_queue", "_task", "_transport", "_writable", "state")
+    __slots__ = ("_agent", "_decoder", "_paused", "_queue", "_task", "_transport", "_writable", "state")
 
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
@@ -94,6 +97,7 @@ class Session(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._paused = False
         self.state = SessionState.OPEN
 
     @property
@@ -122,8 +126,8 @@ class Session(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's does not derive from asyncio.Transport, hence no isinstance).
+        self._transport = cast(asyncio.Transport, transport)
         if not self._agent._admit(self):
             self.transition(SessionState.CLOSED, "shutting down")
             transport.close()
@@ -148,12 +152,18 @@ class Session(asyncio.Protocol):
             # Ended on a delimiter with nothing held: the decoder is in its initial state (not
             # even dropping an oversized frame), so an idle session need not keep it.
             self._decoder = None
-        if self._queue and self._task is None:
+        if not self._queue:
+            return
+        if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._serve())
             self._agent._handling.add(self._task)
-            # No reading while answering (TCP pushes back on the gateway): a peer that sends
-            # without waiting for answers cannot grow the queue beyond what one read delivered.
+        elif not self._paused:
+            # More frames while answering: no more reading until the queue is answered (TCP
+            # pushes back on the gateway), so a peer that sends without waiting for answers cannot
+            # grow the queue beyond what two reads delivered. A peer that waits for each answer
+            # never gets here, and costs no pause/resume per message.
             assert self._transport is not None
+            self._paused = True
             self._transport.pause_reading()
 
     def eof_received(self) -> bool:
@@ -199,7 +209,8 @@ class Session(asyncio.Protocol):
                 self._agent._handling.discard(task)
             if self.state is SessionState.DRAINING:
                 self.close("drained")
-            elif self._transport is not None and not self._transport.is_closing():
+            elif self._paused and self._transport is not None and not self._transport.is_closing():
+                self._paused = False
                 self._transport.resume_reading()
 
     def request_stop(self) -> None:

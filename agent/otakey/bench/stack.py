@@ -10,11 +10,7 @@ active, as stage 2 would have left them): a rotation benchmark then measures rot
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -29,7 +25,6 @@ from otakey.store import Device, DeviceState, Kek, Store
 from .common import BenchError, say
 from .loadgen import FleetKeys
 
-_LISTENING = re.compile(r"event=listening .*?port=(\d+)")
 SEED_BATCH = 500
 
 
@@ -150,46 +145,18 @@ class Stack:
         """An agent process on a free port; with ``profile`` it runs under cProfile and writes its
         statistics there when it stops."""
         log = self.work / f"{name}.log"
-        if profile is None:
-            try:
-                agent = servers.start_agent(self.db_url, self.kek.hex(), clouds, log, extra_args)
-            except servers.ServerError as exc:
-                raise BenchError(str(exc)) from None
-        else:
-            agent = _start_profiled(self.db_url, self.kek.hex(), clouds, log, profile, extra_args or [])
+        launcher = ("otakey",) if profile is None else ("otakey.bench.profiled", str(profile))
+        try:
+            agent = servers.start_agent(self.db_url, self.kek.hex(), clouds, log, extra_args,
+                                        timeout=30.0 if profile is None else 60.0, launcher=launcher)
+        except servers.ServerError as exc:
+            raise BenchError(str(exc)) from None
         self._exit.callback(agent.stop, 30.0)
         self.agents.append(agent)
         return agent
 
     def broker_pids(self) -> list[int]:
         return [b.process.pid for b in self.brokers]
-
-
-def _start_profiled(db_url: str, kek_hex: str, clouds: list[str], log_path: Path, profile: Path,
-                    extra_args: list[str], timeout: float = 60.0) -> servers.AgentServer:
-    args = [sys.executable, "-m", "otakey.bench.profiled", str(profile), "agent", "serve", "--db", db_url,
-            "--listen", "127.0.0.1:0"]
-    for url in clouds:
-        args += ["--cloud", url]
-    args += extra_args
-    env = dict(os.environ, OTAKEY_KEK=kek_hex)
-    agent_src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (agent_src, env.get("PYTHONPATH", "")) if p)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=log, start_new_session=True)
-    server = servers.AgentServer("127.0.0.1", 0, log_path, proc)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = _LISTENING.search(server.log)
-        if m:
-            server.port = int(m.group(1))
-            return server
-        if proc.poll() is not None:
-            raise BenchError(f"the profiled agent exited with {proc.returncode}:\n{server.log[-2000:]}")
-        time.sleep(0.05)
-    server.stop()
-    raise BenchError("the profiled agent did not listen in time")
 
 
 def agent_log_errors(agent: servers.AgentServer, limit: int = 5) -> list[str]:

@@ -19,6 +19,8 @@ import asyncio
 import logging
 import os
 
+import uvloop
+
 from otakey.agent import Agent, AgentConfig, AgentError, PolicyConfig
 from otakey.agent.agentlog import setup_logging
 from otakey.agent.operator import db_url, load_kek
@@ -85,5 +87,8 @@ def serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise AgentError(str(exc)) from None
     setup_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
-    asyncio.run(Agent(config, kek).run())
+    # uvloop: the event loop, transports and timers in C. The agent is CPU-bound on one core under
+    # load, and asyncio's own Python was ~18 % of it (bench/README.md, goal 1).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(Agent(config, kek).run())
     return 0

@@ -2,9 +2,8 @@
 network and of the agent (see :mod:`otakey.harness.fault_campaign` and
 :mod:`otakey.harness.crash_campaign`).
 
-The ``campaign`` command group lives in :mod:`otakey.cli.campaign`; it adds these two subcommands
-with :func:`add_parsers` (``campaign_faults.add_parsers(csub)``). The module also runs alone:
-``python -m otakey.cli.campaign_faults faults --quick``.
+The ``campaign`` command group lives in :mod:`otakey.cli.campaign` (its ``CAMPAIGNS`` registry); it
+adds these two subcommands with :func:`add_parsers`.
 
 Exit status: 0 when every session (device) converged and agreed, 1 otherwise.
 """
@@ -15,7 +14,6 @@ import argparse
 import json
 import signal
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from otakey.agent.cliutil import ProgressBar
@@ -123,35 +121,3 @@ def agent_crash(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     _emit(summary, args.json)
     return 1 if summary.inconsistent else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The two campaigns without the ``otakey campaign`` group around them."""
-    parser = argparse.ArgumentParser(prog="python -m otakey.cli.campaign_faults",
-                                     description="fault and agent-crash campaigns")
-    csub = parser.add_subparsers(dest="campaign_command", metavar="KIND")
-    csub.required = True
-    add_parsers(csub)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from otakey.errors import Error
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args))
-    except ValueError as exc:
-        parser.error(str(exc))
-    except Error as exc:
-        print(f"otakey: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("otakey: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

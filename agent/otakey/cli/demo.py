@@ -50,7 +50,6 @@ DEFAULT_DEVICES = 8
 MAX_DEVICES = 64  # every device runs in this one process; larger fleets: `otakey emu run`
 DEFAULT_OUT = "otakey-out"
 RESULT_FILE = "demo.json"
-AWS_REGION = "us-east-1"
 RESULT_FORMAT = "otakey-demo/1"
 
 
@@ -237,8 +236,8 @@ def _run(args: argparse.Namespace, narr: Narrator) -> int:
         except servers.ServerError as exc:
             raise _server_error("the moto server", exc) from None
         stack.callback(moto.stop)
-        aws_url = f"aws-iot://testing:testing@127.0.0.1:{moto.port}?region={AWS_REGION}"
-        mosq_url = f"mosquitto://{broker.admin_username}:{broker.admin_password}@127.0.0.1:{broker.port}"
+        aws_url = moto.cloud_url()
+        mosq_url = broker.cloud_url
         agent_log = work / "agent.log"
         try:
             agent = servers.start_agent(db_url, kek.hex(), [mosq_url, aws_url], agent_log)

@@ -50,7 +50,7 @@ from otakey.protocol.cloudsession import (
 from otakey.protocol.framing import Channel, FrameDecoder, encode_frame
 
 from .mqtt_session import DEFAULT_TIMEOUT, CloudSessions, SessionOpener
-from .transports import DeviceTransport
+from .transports import DeviceTransport, close_stream
 
 log = logging.getLogger("otakey.gateway")
 
@@ -207,9 +207,7 @@ class Gateway:
         await asyncio.gather(*tasks, return_exceptions=True)
         writer, self._agent_writer = self._agent_writer, None
         if writer is not None:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            await close_stream(writer)
         await self.transport.close()
         self._notify()
         log.info("%s: closed (%s)", self.name, self.counters)
@@ -455,9 +453,7 @@ class Gateway:
                 self._agent_writer = None
                 lost, self._in_flight = self._in_flight, 0
                 self.counters.agent_frames_lost += lost
-                writer.close()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await writer.wait_closed()
+                await close_stream(writer)
             if lost:
                 log.warning("%s: agent link lost with %d frame(s) in flight", self.name, lost)
             self._set_agent_state(AgentLinkState.WAITING, reason)

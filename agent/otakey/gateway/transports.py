@@ -24,7 +24,6 @@ because pyserial blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,6 +67,21 @@ class DeviceTransport(ABC):
     async def close(self) -> None:
         """Release the link; idempotent."""
         return None
+
+
+CLOSE_TIMEOUT = 5.0  # seconds a closing TCP link may take to flush before it is aborted
+
+
+async def close_stream(writer: asyncio.StreamWriter, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Close a TCP stream without waiting forever: a closing transport first flushes what it still
+    holds, which never ends while the peer does not read; after ``timeout`` the link is aborted."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), timeout)
+    except TimeoutError:
+        writer.transport.abort()
+    except (ConnectionError, OSError):
+        pass
 
 
 # --------------------------------------------------------------------------------------------- in-process
@@ -220,9 +234,7 @@ class TcpTransport(DeviceTransport):
     async def close(self) -> None:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            await close_stream(writer)
 
 
 # --------------------------------------------------------------------------------------------- pyserial

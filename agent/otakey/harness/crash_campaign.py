@@ -14,7 +14,7 @@ that accounts for every key (``otakey campaign agent-crash``).
    (``OTAKEY_CRASH_AT``: before the commit, after the commit before the answer, between a cloud
    call and the store write), whichever comes first. It is restarted at once on the same port,
    armed or not from the seed. After the last kill the agents run clean.
-3. **Verdict** per device (the fault campaign's :class:`~.fault_campaign.Checker`): the device and
+3. **Verdict** per device (the fault campaign's :class:`~.fault_world.Checker`): the device and
    the store hold the same AK and cloud credential with nothing pending; the audit log has one
    CONFIRMED, one ROTATED per AK version after the first, at least one ISSUED per version, one
    CLOUD_ISSUED per credential and one CLOUD_ACTIVATED per credential ever active; the broker
@@ -38,7 +38,7 @@ from typing import Any
 from otakey.agent.product_file import ProductFile
 from otakey.protocol.messages import Action
 
-from .fault_campaign import CampaignError, Checker, DeviceView, World, device_uid
+from .fault_world import CampaignError, Checker, DeviceView, World, device_uid
 from .protocol_device import ProtocolDevice
 from .servers import AgentServer, free_port
 

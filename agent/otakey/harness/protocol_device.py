@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from otakey.gateway.transports import close_stream
 from otakey.protocol.cloudsession import SessionOpen, SessionResult, SessionStatus
 from otakey.protocol.envelope import ErrorMessage, is_error_message
 from otakey.protocol.framing import Channel, Frame, FrameDecoder, encode_frame
@@ -291,9 +292,7 @@ class ProtocolDevice:
         self._drop_foreign_link()
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await close_stream(writer)
 
     def cut_power(self) -> None:
         """Lose RAM (exchange, nonces, the agent's requested action) and the link; keep flash."""

@@ -37,6 +37,10 @@ DYNSEC_PLUGIN_PATHS = (
 PG_BIN_DIRS = ("/usr/lib/postgresql/15/bin",)
 
 
+#: The region every local AWS IoT (moto) call uses.
+AWS_REGION = "us-east-1"
+
+
 class ServerError(Error):
     """A server could not be started."""
 
@@ -97,6 +101,11 @@ class MosquittoServer:
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def cloud_url(self) -> str:
+        """The agent's ``--cloud`` URL for this broker (its dynsec admin)."""
+        return f"mosquitto://{self.admin_username}:{self.admin_password}@{self.host}:{self.port}"
 
     @property
     def log(self) -> str:
@@ -286,6 +295,10 @@ class MotoServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def cloud_url(self, region: str = AWS_REGION) -> str:
+        """The agent's ``--cloud`` URL for this control plane (moto takes any credentials)."""
+        return f"aws-iot://testing:testing@{self.host}:{self.port}?region={region}"
+
     def reset(self) -> None:
         """Forget every resource (moto's own reset endpoint)."""
         import urllib.request
@@ -344,9 +357,11 @@ class AgentServer:
 
 
 def start_agent(db_url: str, kek_hex: str, cloud_urls: list[str], log_path: Path,
-                extra_args: list[str] | None = None, timeout: float = 30.0) -> AgentServer:
-    """Start an agent on a free port of 127.0.0.1 and wait until it listens."""
-    args = [sys.executable, "-m", "otakey", "agent", "serve", "--db", db_url, "--listen", "127.0.0.1:0"]
+                extra_args: list[str] | None = None, timeout: float = 30.0,
+                launcher: tuple[str, ...] = ("otakey",)) -> AgentServer:
+    """Start an agent on a free port of 127.0.0.1 and wait until it listens. ``launcher`` is what
+    ``python -m`` runs in front of ``agent serve`` (a profiler wrapper for the benchmarks)."""
+    args = [sys.executable, "-m", *launcher, "agent", "serve", "--db", db_url, "--listen", "127.0.0.1:0"]
     for url in cloud_urls:
         args += ["--cloud", url]
     args += extra_args or []

@@ -36,10 +36,11 @@ from .emu_backend import EmuBackend
 from .linked import LinkedDevice
 from .servers import MosquittoServer, MotoServer, start_mosquitto, start_moto
 
-AWS_REGION = "us-east-1"
 MAX_DEVICE_MS = 120_000.0  # device time a device may take to finish a flow (retries included)
 AGREE_TRIES = 4  # check-in intervals to wait for the agent to catch up with the device
 
+
+AGENT_START_TIMEOUT = 60.0  # store, cloud adapters and the listener; seconds even on a loaded machine
 
 class StackError(Error):
     """The stack could not start (a server, the agent)."""
@@ -132,13 +133,12 @@ class Stack:
     @property
     def mosquitto_url(self) -> str:
         assert self.mosquitto is not None
-        m = self.mosquitto
-        return f"mosquitto://{m.admin_username}:{m.admin_password}@127.0.0.1:{m.port}"
+        return self.mosquitto.cloud_url
 
     @property
     def aws_url(self) -> str:
         assert self.moto is not None
-        return f"aws-iot://testing:testing@127.0.0.1:{self.moto.port}?region={AWS_REGION}"
+        return self.moto.cloud_url()
 
     @property
     def cloud_urls(self) -> tuple[str, ...]:
@@ -188,9 +188,16 @@ class Stack:
         ready = asyncio.Event()
         self._agent_task = asyncio.create_task(self.agent.run(lambda _h, _p: ready.set()))
         waiter = asyncio.create_task(ready.wait())
-        await asyncio.wait({waiter, self._agent_task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, self._agent_task}, timeout=AGENT_START_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)
         if not ready.is_set():
             waiter.cancel()
+            if not self._agent_task.done():
+                self._agent_task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._agent_task
+                raise StackError(f"the agent did not listen within {AGENT_START_TIMEOUT:.0f} s "
+                                 f"(log: {self.agent_log})")
             await self._agent_task  # raises the agent's start-up error
             raise StackError("the agent stopped before listening")
         m = self.mosquitto

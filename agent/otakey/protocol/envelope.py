@@ -11,12 +11,10 @@ import hmac
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
-from cryptography.hazmat.primitives import hashes, padding
-from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from otakey.errors import EnvelopeError
 from otakey.protocol.messages import (
@@ -103,22 +101,103 @@ def check_header(h: Header) -> None:
 # --- key derivation -------------------------------------------------------------------------
 
 
+_HASH_LEN = 32
+
+
+def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 §2.3 over HMAC-SHA256: T(i) = HMAC(PRK, T(i-1) ‖ info ‖ i), first ``length`` bytes."""
+    if not 0 < length <= 255 * _HASH_LEN:
+        raise ValueError("HKDF output length out of range")
+    out, block = b"", b""
+    for i in range(1, -(-length // _HASH_LEN) + 1):
+        block = hmac.digest(prk, block + info + bytes((i,)), "sha256")
+        out += block
+    return out[:length]
+
+
 def hkdf(ikm: bytes, info: bytes, length: int, salt: bytes | None = None) -> bytes:
+    """HKDF-SHA256 (RFC 5869). Written on :func:`hmac.digest`: the library's HKDF object cost
+    twice as much per call, and this runs several times per request."""
     # salt None is RFC 5869's default: HashLen zero bytes, which the spec's "" also means.
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt or None, info=info).derive(ikm)
+    prk = hmac.digest(salt or bytes(_HASH_LEN), bytes(ikm), "sha256")
+    return _hkdf_expand(prk, bytes(info), length)
 
 
 def derive_keys(root: bytes) -> tuple[bytes, bytes]:
-    """(enc_key 16, mac_key 32) of §2.2."""
+    """(enc_key 16, mac_key 32) of §2.2: two HKDFs of ``root`` with empty salt, so one extract."""
     if len(root) != KEY_LEN:
         raise ValueError("root key must be 32 bytes")
-    return hkdf(root, ENC_INFO, 16), hkdf(root, MAC_INFO, 32)
+    prk = hmac.digest(bytes(_HASH_LEN), bytes(root), "sha256")
+    return _hkdf_expand(prk, ENC_INFO, 16), _hkdf_expand(prk, MAC_INFO, 32)
+
+
+_ECB = modes.ECB()  # no state: one object for every key
+
+
+class _RootKeys:
+    """What every message under one root key needs: its two subkeys and AES-ECB contexts of the
+    enc key, from which CBC is chained (:func:`_cbc_encrypt`, :func:`_cbc_decrypt`)."""
+
+    __slots__ = ("ecb_dec", "ecb_enc", "enc_key", "mac_key")
+
+    def __init__(self, root: bytes) -> None:
+        self.enc_key, self.mac_key = derive_keys(root)
+        ecb = Cipher(algorithms.AES(self.enc_key), _ECB)
+        self.ecb_enc = ecb.encryptor()
+        self.ecb_dec = ecb.decryptor()
+
+    def __repr__(self) -> str:
+        return "_RootKeys(<hidden>)"
+
+
+# A root key is used several times within a second (the agent opens a request and seals its
+# answer under the same key; a rotation's CONFIRM and ACK under the new one), and the two HKDFs and
+# the cipher set-up cost more than the rest of a message (bench/README.md, goal 1). Bounded, in
+# this process's memory only, like the keys themselves; ECB contexts hold no state between whole
+# blocks, so sharing one is safe.
+@lru_cache(maxsize=2048)
+def _root_keys(root: bytes) -> _RootKeys:
+    return _RootKeys(root)
+
+
+def _keys_of(root: bytes) -> _RootKeys:
+    if type(root) is not bytes:
+        root = bytes(root)  # a hashable, immutable cache key
+    if len(root) != KEY_LEN:
+        raise ValueError("root key must be 32 bytes")
+    return _root_keys(root)
+
+
+# Up to this many blocks CBC is chained by hand over the cached ECB context (one call per block);
+# beyond, one cipher object costs less than the per-block calls.
+_CHAIN_BLOCKS = 16
+
+
+def _cbc_encrypt(keys: _RootKeys, iv: bytes, plain: bytes) -> bytes:
+    """AES-128-CBC without padding (``plain`` is whole blocks): C_i = E(P_i xor C_(i-1))."""
+    if len(plain) > 16 * _CHAIN_BLOCKS:
+        encryptor = _cbc(keys.enc_key, iv).encryptor()
+        return encryptor.update(plain) + encryptor.finalize()
+    update = keys.ecb_enc.update
+    out = []
+    prev = int.from_bytes(iv, "big")
+    for i in range(0, len(plain), 16):
+        block = update((int.from_bytes(plain[i:i + 16], "big") ^ prev).to_bytes(16, "big"))
+        out.append(block)
+        prev = int.from_bytes(block, "big")
+    return b"".join(out)
+
+
+def _cbc_decrypt(keys: _RootKeys, iv: bytes, ct: bytes) -> bytes:
+    """AES-128-CBC decryption of whole blocks: P_i = D(C_i) xor C_(i-1), every block at once."""
+    n = len(ct)
+    decrypted = keys.ecb_dec.update(ct)
+    chain = int.from_bytes(iv + ct[:-16], "big")
+    return (int.from_bytes(decrypted, "big") ^ chain).to_bytes(n, "big")
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
-    h = chmac.HMAC(key, hashes.SHA256())
-    h.update(data)
-    return h.finalize()
+    return hmac.digest(key, data, "sha256")
 
 
 def fingerprint(key: bytes) -> bytes:
@@ -169,16 +248,17 @@ def seal_raw(header_bytes: bytes, root: bytes, iv: bytes, plaintext_blocks: byte
     carry a valid MAC around a deliberately wrong header or padding."""
     if len(iv) != IV_LEN or len(plaintext_blocks) % 16:
         raise ValueError("iv must be 16 bytes and plaintext a block multiple")
-    enc_key, mac_key = derive_keys(root)
-    encryptor = _cbc(enc_key, iv).encryptor()
-    ct = encryptor.update(plaintext_blocks) + encryptor.finalize()
-    signed = bytes(header_bytes) + bytes(iv) + ct
-    return signed + hmac_sha256(mac_key, signed)
+    keys = _keys_of(root)
+    iv = bytes(iv)
+    ct = _cbc_encrypt(keys, iv, bytes(plaintext_blocks))
+    signed = bytes(header_bytes) + iv + ct
+    return signed + hmac.digest(keys.mac_key, signed, "sha256")
 
 
 def pkcs7_pad(body: bytes) -> bytes:
-    padder = padding.PKCS7(128).padder()
-    return padder.update(body) + padder.finalize()
+    """PKCS#7 to 16-byte blocks: 1..16 bytes, each the count (RFC 5652 §6.3)."""
+    n = 16 - len(body) % 16
+    return bytes(body) + bytes((n,)) * n
 
 
 def seal(header: Header, root: bytes, iv: bytes, body: bytes) -> bytes:
@@ -208,14 +288,13 @@ def open_message(data: bytes, key_lookup: KeyLookup) -> tuple[Header, bytes]:
     if root is None:
         raise reject("no_key")
     # 4. tag, constant time over all 32 bytes
-    enc_key, mac_key = derive_keys(root)
+    keys = _keys_of(root)
     signed, tag = bytes(data[:-TAG_LEN]), bytes(data[-TAG_LEN:])
-    if not hmac.compare_digest(hmac_sha256(mac_key, signed), tag):
+    if not hmac.compare_digest(hmac.digest(keys.mac_key, signed, "sha256"), tag):
         raise reject("mac")
     # 5. decrypt and check padding (only now: the MAC proved a key holder made the ciphertext)
     iv = signed[HEADER_LEN : HEADER_LEN + IV_LEN]
-    decryptor = _cbc(enc_key, iv).decryptor()
-    plain = decryptor.update(signed[HEADER_LEN + IV_LEN :]) + decryptor.finalize()
+    plain = _cbc_decrypt(keys, iv, signed[HEADER_LEN + IV_LEN :])
     pad = plain[-1]
     if not 1 <= pad <= 16 or plain[-pad:] != bytes([pad]) * pad:
         raise reject("padding")

@@ -325,6 +325,13 @@ class Transaction(ABC):
     @abstractmethod
     async def get_exchange(self, device_id: bytes, nonce_d: bytes, request_type: int) -> Exchange | None: ...
 
+    async def get_device_and_exchange(self, device_id: bytes, nonce_d: bytes,
+                                      request_type: int) -> tuple[Device | None, Exchange | None]:
+        """What every request reads first: its device, locked as ``get_device(for_update=True)``,
+        then the exchange stored for it. A backend may read both in one statement."""
+        device = await self.get_device(device_id, for_update=True)
+        return device, await self.get_exchange(device_id, nonce_d, request_type)
+
     @abstractmethod
     async def put_exchange(self, exchange: Exchange) -> None:
         """Store an answer; ConflictError if that (device_id, nonce_d, request_type) has one."""

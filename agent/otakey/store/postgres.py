@@ -80,6 +80,11 @@ class _PgConn:
         r = await self._run(sql, params, "one")
         return None if r is None else tuple(r)
 
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        r = await self._run(sql + " RETURNING id", params, "one")
+        assert r is not None
+        return int(r[0])
+
 
 class PostgresStore(Store):
     """A store in a PostgreSQL database; ``pool_size`` connections at most per store instance."""

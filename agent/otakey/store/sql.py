@@ -47,6 +47,10 @@ class Conn(Protocol):
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
 
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run an INSERT into a table with an ``id`` key; returns the new row's id (SQLite: the
+        rowid, without the cost of a RETURNING clause; PostgreSQL: ``RETURNING id``)."""
+
 
 # ------------------------------------------------------------------------------------ migrations
 
@@ -95,6 +99,24 @@ _DEVICE_COLS = ("device_id, po_id, state, ak_version, ak_sealed, ak_pending_vers
                 "ci_cloud_version, ci_cloud_platform, ci_ak_fp, ci_cloud_fp, ci_fw_version, ci_app_hash, "
                 "ci_last_error, created_at, updated_at, row_version")
 _PRODUCT_COLS = "po_id, name, quantity, pk_sealed, frozen, revoked, restricted, created_at"
+_EXCHANGE_COLS = "nonce_a, answer_sealed, request_hash, created_at"
+# A request's device and stored exchange in one statement (SQLite). The one-row ``k`` keeps a
+# row even when neither exists; both joins are primary-key lookups.
+_DEVICE_AND_EXCHANGE = (
+    "SELECT " + ", ".join("d." + c.strip() for c in _DEVICE_COLS.split(",")) + ", "
+    + ", ".join("e." + c.strip() for c in _EXCHANGE_COLS.split(","))
+    + " FROM (SELECT ? AS device_id) k LEFT JOIN devices d ON d.device_id = k.device_id "
+    "LEFT JOIN exchanges e ON e.device_id = k.device_id AND e.nonce_d = ? AND e.request_type = ?")
+_N_DEVICE_COLS = len(_DEVICE_COLS.split(","))
+_STAMPS = frozenset({"created_at", "updated_at", "row_version", "last_checkin"})
+_UPDATE_KEYS = ("UPDATE devices SET ak_version = ?, ak_sealed = ?, ak_pending_version = ?, "
+                "ak_pending_sealed = ?, ak_nonce_d = ?, ak_nonce_a = ?, pending_action = ?, "
+                "provisioned_at = ?, updated_at = ?, row_version = row_version + 1 "
+                "WHERE device_id = ? AND row_version = ?")
+_UPDATE_DEVICE = ("UPDATE devices SET po_id = ?, state = ?, ak_version = ?, ak_sealed = ?, "
+                  "ak_pending_version = ?, ak_pending_sealed = ?, ak_nonce_d = ?, ak_nonce_a = ?, "
+                  "pending_action = ?, provisioned_at = ?, updated_at = ?, row_version = row_version + 1 "
+                  "WHERE device_id = ? AND row_version = ?")
 _CRED_COLS = ("device_id, version, platform, endpoint, client_id, username, secret_sealed, ref, state, "
               "created_at, changed_at")
 
@@ -114,6 +136,10 @@ class SqlTransaction(Transaction):
         self._c = conn
         self._kek = kek
         self._dialect = dialect
+        # device_id -> (row_version, po_id, state) of the row as this transaction last read or
+        # wrote it: lets update_device leave po_id and state (an indexed pair) out of the UPDATE
+        # when they did not change (see there).
+        self._seen: dict[bytes, tuple[int, int, str]] = {}
 
     # --- products -----------------------------------------------------------------------------
     def _product(self, r: Row) -> Product:
@@ -211,11 +237,13 @@ class SqlTransaction(Transaction):
             checkin = CheckIn(ak_version=int(r[12]), cloud_version=int(r[13]), cloud_platform=int(r[14]),
                               ak_fp=bytes(r[15]), cloud_fp=bytes(r[16]), fw_version=int(r[17]),
                               app_hash=bytes(r[18]), last_error=int(r[19]), at=float(r[11]))
-        return Device(device_id=device_id, po_id=int(r[1]), state=DeviceState(r[2]), ak=ak,
-                      ak_version=ak_version, ak_pending=pending, ak_pending_version=pending_version,
-                      ak_nonce_d=_b(r[7]), ak_nonce_a=_b(r[8]), pending_action=Action(int(r[9])),
-                      provisioned_at=None if r[10] is None else float(r[10]), last_checkin=checkin,
-                      created_at=float(r[20]), updated_at=float(r[21]), row_version=int(r[22]))
+        device = Device(device_id=device_id, po_id=int(r[1]), state=DeviceState(r[2]), ak=ak,
+                        ak_version=ak_version, ak_pending=pending, ak_pending_version=pending_version,
+                        ak_nonce_d=_b(r[7]), ak_nonce_a=_b(r[8]), pending_action=Action(int(r[9])),
+                        provisioned_at=None if r[10] is None else float(r[10]), last_checkin=checkin,
+                        created_at=float(r[20]), updated_at=float(r[21]), row_version=int(r[22]))
+        self._seen[device_id] = (device.row_version, device.po_id, device.state.value)
+        return device
 
     def _key_columns(self, d: Device) -> tuple[Any, ...]:
         ak = None if d.ak is None else self._kek.seal(d.ak, _ak_aad(d.device_id, d.ak_version))
@@ -251,6 +279,15 @@ class SqlTransaction(Transaction):
             changes["pending_action"] = Action(int(d.pending_action))
         if d.provisioned_at is not None and type(d.provisioned_at) is not float:
             changes["provisioned_at"] = float(d.provisioned_at)
+        if changes.keys() <= _STAMPS:
+            # Only the stamps the write set (update_device: two numbers): a copy of the already
+            # validated record with those replaced, without replace()'s rebuild and checks, which
+            # cost more than the rest of this method (bench/README.md, goal 1). The frozen class
+            # forbids setattr, not writing the new instance's own __dict__.
+            copy = object.__new__(Device)
+            copy.__dict__.update(d.__dict__)
+            copy.__dict__.update(changes)
+            return copy
         return replace(d, **changes)
 
     async def create_device(self, device: Device) -> Device:
@@ -261,6 +298,7 @@ class SqlTransaction(Transaction):
             "ak_pending_sealed, ak_nonce_d, ak_nonce_a, pending_action, provisioned_at, created_at, "
             "updated_at, row_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
             (bytes(device.device_id), *self._key_columns(device), created, at))
+        self._seen[bytes(device.device_id)] = (1, device.po_id, DeviceState(device.state).value)
         return self._as_stored(device, created_at=float(created), updated_at=at, row_version=1,
                                last_checkin=None)
 
@@ -268,17 +306,23 @@ class SqlTransaction(Transaction):
         """Writes the key state; the returned copy carries ``last_checkin`` as given (check-ins
         are written by :meth:`record_checkin`, which never conflicts with this)."""
         at = now()
-        n = await self._c.execute(
-            "UPDATE devices SET po_id = ?, state = ?, ak_version = ?, ak_sealed = ?, ak_pending_version = ?, "
-            "ak_pending_sealed = ?, ak_nonce_d = ?, ak_nonce_a = ?, pending_action = ?, provisioned_at = ?, "
-            "updated_at = ?, row_version = row_version + 1 WHERE device_id = ? AND row_version = ?",
-            (*self._key_columns(device), at, bytes(device.device_id), device.row_version))
+        device_id = bytes(device.device_id)
+        columns = self._key_columns(device)
+        state = columns[1]
+        if self._seen.get(device_id) == (device.row_version, device.po_id, state):
+            # po_id and state as read, and the row is still that version (the WHERE below; every
+            # writer of either column bumps row_version): leaving them out spares SQLite the
+            # devices_po_state index update, ~40 % of this statement (bench/README.md, goal 1).
+            n = await self._c.execute(_UPDATE_KEYS, (*columns[2:], at, device_id, device.row_version))
+        else:
+            n = await self._c.execute(_UPDATE_DEVICE, (*columns, at, device_id, device.row_version))
         if n == 0:
             exists = await self._c.fetchone("SELECT 1 FROM devices WHERE device_id = ?",
                                             (bytes(device.device_id),))
             if exists is None:
                 raise StorageError("no such device")
             raise ConflictError("the device was changed by someone else")
+        self._seen[device_id] = (device.row_version + 1, device.po_id, state)
         return self._as_stored(device, updated_at=at, row_version=device.row_version + 1)
 
     async def record_checkin(self, device_id: bytes, checkin: CheckIn) -> None:
@@ -395,16 +439,34 @@ class SqlTransaction(Transaction):
                                   "WHERE device_id = ? AND version = ?", (now(), device_id, version))
 
     # --- exchanges ----------------------------------------------------------------------------
-    async def get_exchange(self, device_id: bytes, nonce_d: bytes, request_type: int) -> Exchange | None:
-        device_id, nonce_d = bytes(device_id), bytes(nonce_d)
-        r = await self._c.fetchone(
-            "SELECT nonce_a, answer_sealed, request_hash, created_at FROM exchanges "
-            "WHERE device_id = ? AND nonce_d = ? AND request_type = ?", (device_id, nonce_d, request_type))
-        if r is None:
-            return None
+    def _exchange(self, device_id: bytes, nonce_d: bytes, request_type: int, r: Row) -> Exchange:
         answer = self._kek.open(r[1], aad("exchange", device_id, nonce_d, request_type))
         return Exchange(device_id=device_id, nonce_d=nonce_d, request_type=request_type, nonce_a=bytes(r[0]),
                         answer=answer, request_hash=bytes(r[2]), created_at=float(r[3]))
+
+    async def get_exchange(self, device_id: bytes, nonce_d: bytes, request_type: int) -> Exchange | None:
+        device_id, nonce_d = bytes(device_id), bytes(nonce_d)
+        r = await self._c.fetchone(
+            f"SELECT {_EXCHANGE_COLS} FROM exchanges "
+            "WHERE device_id = ? AND nonce_d = ? AND request_type = ?", (device_id, nonce_d, request_type))
+        return None if r is None else self._exchange(device_id, nonce_d, request_type, r)
+
+    async def get_device_and_exchange(self, device_id: bytes, nonce_d: bytes,
+                                      request_type: int) -> tuple[Device | None, Exchange | None]:
+        if self._dialect != "sqlite":
+            # PostgreSQL: the exchange is read only once the device's row lock is held, so a
+            # replica that waited for it sees the winner's exchange (a join would read it from
+            # the statement's snapshot, taken before the wait).
+            return await super().get_device_and_exchange(device_id, nonce_d, request_type)
+        # SQLite: the transaction holds the database's write lock already; one statement.
+        device_id, nonce_d = bytes(device_id), bytes(nonce_d)
+        r = await self._c.fetchone(_DEVICE_AND_EXCHANGE, (device_id, nonce_d, request_type))
+        assert r is not None
+        n = _N_DEVICE_COLS
+        device = None if r[0] is None else self._device(r[:n])
+        exchange = (None if r[n + 1] is None
+                    else self._exchange(device_id, nonce_d, request_type, r[n:]))
+        return device, exchange
 
     async def put_exchange(self, exchange: Exchange) -> None:
         e = exchange
@@ -425,11 +487,9 @@ class SqlTransaction(Transaction):
     async def audit(self, event: AuditEvent | str, *, device_id: bytes | None = None,
                     po_id: int | None = None, detail: str = "") -> int:
         ev = AuditEvent(event)
-        r = await self._c.fetchone(
-            "INSERT INTO audit (at, event, device_id, po_id, detail) VALUES (?, ?, ?, ?, ?) RETURNING id",
+        return await self._c.insert(
+            "INSERT INTO audit (at, event, device_id, po_id, detail) VALUES (?, ?, ?, ?, ?)",
             (now(), ev.value, _b(device_id), po_id, check_detail(detail)))
-        assert r is not None
-        return int(r[0])
 
     async def list_audit(self, *, device_id: bytes | None = None, po_id: int | None = None,
                          event: AuditEvent | str | None = None, since: float | None = None,

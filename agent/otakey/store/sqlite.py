@@ -5,9 +5,12 @@ How it stays fast without giving up the persist-then-answer rule (measured in be
 - **Statements run on the event loop's thread.** Inside an open write transaction a statement
   never waits for a lock (WAL readers do not block, and this connection already holds the write
   lock), and it takes microseconds; a hop to a worker thread per statement cost more than the
-  statement. Only what can block — ``BEGIN IMMEDIATE`` (waits for another process holding the
-  write lock, up to ``busy_timeout``), ``COMMIT`` (fsync) and ``ROLLBACK`` — runs on the store's
-  one worker thread.
+  statement. Only what can block — ``COMMIT`` (fsync), ``ROLLBACK`` and a ``BEGIN IMMEDIATE``
+  that has to wait for another process holding the write lock (up to ``busy_timeout``) — runs on
+  the store's one worker thread. ``BEGIN IMMEDIATE`` is first tried on the loop's thread with no
+  busy wait at all; only when the lock is taken (or a ROLLBACK is still queued on the worker) does
+  it go to the thread. Under load batches are small enough that a thread hop per BEGIN showed in
+  the profile (bench/README.md, goal 1).
 - **Group commit.** Logical transactions (:meth:`SQLiteStore.transaction`) run one after the
   other on the connection, each inside a ``SAVEPOINT`` of one shared SQLite transaction (a
   *batch*). A logical transaction that ends well releases its savepoint and waits until its batch
@@ -33,8 +36,9 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,23 +67,38 @@ class _SqliteConn:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
-    def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    # Direct calls, no helper or closure per statement: these run ~12 times per request.
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         try:
-            return fn(self._db)
+            return self._db.execute(sql, params).rowcount
         except sqlite3.Error as exc:
             raise _map_error(exc) from exc
 
-    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._run(lambda c: c.execute(sql, tuple(params)).rowcount)
-
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        self._run(lambda c: c.executemany(sql, [tuple(r) for r in rows]))
+        try:
+            self._db.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        return self._run(lambda c: c.execute(sql, tuple(params)).fetchall())
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        return self._run(lambda c: c.execute(sql, tuple(params)).fetchone())
+        try:
+            return self._db.execute(sql, params).fetchone()
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
+
+    async def insert(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            rowid = self._db.execute(sql, params).lastrowid
+        except sqlite3.Error as exc:
+            raise _map_error(exc) from exc
+        assert rowid is not None
+        return rowid
 
 
 class _Batch:
@@ -185,6 +204,9 @@ class SQLiteStore(Store):
         self._timeout = timeout
         self._synchronous = synchronous.upper()
         self._executor: ThreadPoolExecutor | None = None
+        # The last job given to the worker thread without waiting for it (a ROLLBACK): the loop's
+        # thread must not begin a transaction on the connection before it ran.
+        self._unawaited: Future[None] | None = None
         self._db: sqlite3.Connection | None = None
         # Held by the logical transaction using the connection, or by a batch's commit. FIFO: a
         # commit waits behind the transactions queued before it, which join its batch.
@@ -219,7 +241,7 @@ class SQLiteStore(Store):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
 
-            self._executor.submit(rollback)
+            self._unawaited = self._executor.submit(rollback)
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -233,12 +255,27 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None,
                                  check_same_thread=False)
             db.execute("PRAGMA foreign_keys = ON")
-            db.execute("PRAGMA journal_mode = WAL")
+            self._set_wal(db)
             db.execute(f"PRAGMA synchronous = {self._synchronous}")
             db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open {self.path}: {exc}") from exc
         return db
+
+    def _set_wal(self, db: sqlite3.Connection) -> None:
+        """``journal_mode = WAL``, waiting for another opener of the same file. That pragma can
+        fail with "database is locked" at once, without SQLite's busy handler, while another
+        connection converts the file or migrates it (two replicas opening a new database together
+        failed ~1 time in 5). Runs on the worker thread: the sleep blocks no one else."""
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.01)
 
     async def open(self) -> None:
         if self._executor is not None:
@@ -273,6 +310,9 @@ class SQLiteStore(Store):
         """The open batch, or a new one (``BEGIN IMMEDIATE`` on the worker thread). Lock held."""
         if self._batch is not None:
             return self._batch
+        if self._begin_here():
+            self._batch = _Batch()
+            return self._batch
         begin = asyncio.ensure_future(self._in_thread(lambda c: c.execute("BEGIN IMMEDIATE")))
         try:
             await asyncio.shield(begin)
@@ -282,6 +322,28 @@ class SQLiteStore(Store):
             raise
         self._batch = _Batch()
         return self._batch
+
+    def _begin_here(self) -> bool:
+        """``BEGIN IMMEDIATE`` on the loop's thread if it cannot wait: nothing is queued on the
+        worker thread (a ROLLBACK there must run first), and with ``busy_timeout`` 0 for the attempt
+        a write lock held by another process fails at once instead of blocking the loop. True when
+        the transaction is open; False: do it on the worker thread."""
+        job, db = self._unawaited, self._db
+        if db is None or (job is not None and not job.done()):
+            return False
+        begun = False
+        try:
+            db.execute("PRAGMA busy_timeout = 0")
+            db.execute("BEGIN IMMEDIATE")
+            begun = True
+            db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+        except sqlite3.Error:
+            with contextlib.suppress(sqlite3.Error):
+                if begun:
+                    db.execute("ROLLBACK")  # nothing written yet: no fsync, does not block
+                db.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            return False
+        return True
 
     def _commit_soon(self, batch: _Batch) -> asyncio.Task[None]:
         if batch.committer is None:
