@@ -15,6 +15,16 @@
 
 #include "otakey/keystore.h"
 
+/**
+ * On a harness's own per-byte oracle loops: no coverage callbacks (they mirror the core's branches,
+ * so they add no signal, only cost), sanitizers kept. noinline, as coverage is added after inlining.
+ */
+#if defined(__clang__)
+#define FUZZ_NOCOV __attribute__((noinline, no_sanitize("coverage")))
+#else
+#define FUZZ_NOCOV
+#endif
+
 /** libFuzzer entry point (declared so -Wmissing-prototypes holds for every harness). */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -80,6 +90,9 @@ int fuzz_fix_record_hash(uint8_t *img, size_t len);
  * exceeds KS_MAX_PAYLOAD or cap is too small.
  */
 size_t fuzz_build_record(uint32_t gen, const uint8_t *payload, size_t payload_len, uint8_t *out, size_t cap);
+
+/** Boot rule of flash-layout §2 on the two areas' validity and generations: 0, 1 or -1. */
+int fuzz_oracle_pick(int va, uint32_t ga, int vb, uint32_t gb);
 
 /** Boot rule of flash-layout §2 on two area images: the active area (0, 1) or -1. */
 int fuzz_oracle_active(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen);

@@ -110,10 +110,24 @@ static void derived_keys(uint8_t enc_key[16], uint8_t mac_key[32])
     memcpy(mac_key, mac, sizeof mac);
 }
 
-/* §2.2 steps 1, 2, 4, 5, 6. On 0, plain[0..*body_len) is the body. */
-static int ref_open(const uint8_t *msg, size_t len, uint8_t *plain, size_t *body_len)
+/* How ref_open learns whether the tag is right: by computing it, or from what the harness did. */
+enum tag_is { TAG_COMPUTE = 0, TAG_MADE_HERE = 1, TAG_CHANGED_AFTER = 2 };
+
+/*
+ * §2.2 steps 1, 2, 4, 5, 6. On 0, (*plain)[0..*body_len) is the body.
+ *
+ * The reference does not redo crypto whose outcome the harness already knows: with TAG_MADE_HERE
+ * the harness computed the tag over these very bytes (mode 2), with TAG_CHANGED_AFTER a byte of a
+ * sealed message was changed so no tag can match; and when known_plain is given (the padded
+ * plaintext the harness had encrypted) it is the step 5 result instead of a second decryption. The
+ * core's own HMAC and AES-CBC are held to their known answers in tests/c; redoing both here took a
+ * third of fuzz_message's time.
+ */
+static int ref_open(const uint8_t *msg, size_t len, enum tag_is tag_is, const uint8_t *known_plain,
+                    uint8_t *scratch, const uint8_t **plain, size_t *body_len)
 {
     uint8_t enc_key[16], mac_key[32], tag[32];
+    const uint8_t *pt;
     size_t ct_len;
     int rc;
     uint8_t pad;
@@ -129,44 +143,57 @@ static int ref_open(const uint8_t *msg, size_t len, uint8_t *plain, size_t *body
         return CODEC_EBADTYPE; /* ERROR is never an envelope */
     }
     derived_keys(enc_key, mac_key);
-    crypto_hmac_sha256(mac_key, 32, msg, len - 32, tag);
-    if (memcmp(tag, msg + len - 32, 32) != 0) {
+    if (tag_is == TAG_CHANGED_AFTER) {
         return CODEC_EBADMAC;
     }
+    if (tag_is == TAG_COMPUTE) {
+        crypto_hmac_sha256(mac_key, 32, msg, len - 32, tag);
+        if (memcmp(tag, msg + len - 32, 32) != 0) {
+            return CODEC_EBADMAC;
+        }
+    }
     ct_len = len - 100;
-    FUZZ_CHECK(crypto_aes128_cbc_decrypt(enc_key, msg + 52, msg + 68, ct_len, plain) == 0);
-    pad = plain[ct_len - 1];
+    if (known_plain != NULL) {
+        pt = known_plain;
+    } else {
+        FUZZ_CHECK(crypto_aes128_cbc_decrypt(enc_key, msg + 52, msg + 68, ct_len, scratch) == 0);
+        pt = scratch;
+    }
+    pad = pt[ct_len - 1];
     if (pad < 1 || pad > 16) {
         return CODEC_EBADMAC;
     }
     for (size_t i = ct_len - pad; i < ct_len; i++) {
-        if (plain[i] != pad) {
+        if (pt[i] != pad) {
             return CODEC_EBADMAC;
         }
     }
     if (!ref_body_len_ok(msg[1], ct_len - pad)) {
         return CODEC_EBADLEN;
     }
+    *plain = pt;
     *body_len = ct_len - pad;
     return 0;
 }
 
 /* codec_open on a private copy, checked against ref_open; on success the body must also equal
  * want[0..want_len) when want is given. Returns codec_open's verdict. */
-static int open_and_check(const uint8_t *msg, size_t len, const uint8_t *want_body, size_t want_len)
+static int open_and_check(const uint8_t *msg, size_t len, const uint8_t *want_body, size_t want_len,
+                          enum tag_is tag_is, const uint8_t *known_plain)
 {
     uint8_t *copy = malloc(len ? len : 1);
-    uint8_t *plain = malloc(len ? len : 1);
+    uint8_t *scratch = known_plain == NULL && tag_is != TAG_CHANGED_AFTER ? malloc(len ? len : 1) : NULL;
+    const uint8_t *plain = NULL;
     struct codec_header h;
     uint8_t *body = NULL;
     size_t body_len = 0, ref_len = 0;
     int rc, want;
 
-    FUZZ_CHECK(copy != NULL && plain != NULL);
+    FUZZ_CHECK(copy != NULL);
     if (len != 0) {
         memcpy(copy, msg, len);
     }
-    want = ref_open(msg, len, plain, &ref_len);
+    want = ref_open(msg, len, tag_is, known_plain, scratch, &plain, &ref_len);
     rc = codec_open(copy, len, ROOT, &h, &body, &body_len);
     FUZZ_CHECK(rc == want);
     if (rc == 0) {
@@ -181,7 +208,7 @@ static int open_and_check(const uint8_t *msg, size_t len, const uint8_t *want_bo
                    memcmp(h.nonce_a, msg + 36, 16) == 0);
     }
     free(copy);
-    free(plain);
+    free(scratch);
     return rc;
 }
 
@@ -195,7 +222,7 @@ static void mode_raw(const uint8_t *p, size_t len)
         codec_header_pack(&h, packed);
         FUZZ_CHECK(memcmp(packed, p, CODEC_HEADER_LEN) == 0); /* reserved is 0 whenever unpack accepts */
     }
-    (void)open_and_check(p, len, NULL, 0);
+    (void)open_and_check(p, len, NULL, 0, TAG_COMPUTE, NULL);
 }
 
 static void mode_seal(struct fuzz_in *in)
@@ -241,14 +268,34 @@ static void mode_seal(struct fuzz_in *in)
     codec_header_pack(&h, packed);
     FUZZ_CHECK(memcmp(out, packed, 52) == 0 && memcmp(out + 52, iv, 16) == 0);
 
-    /* Round trip: the body comes back exactly when §3 allows its length for the type. */
-    rc = open_and_check(out, out_len, body, body_len);
-    FUZZ_CHECK(rc == (ref_body_len_ok(h.type, body_len) ? 0 : CODEC_EBADLEN));
+    /* The ciphertext is the body with its PKCS#7 pad, CBC-encrypted under enc_key and iv: checked
+     * by encrypting here (AES is a permutation, so this is the same check as decrypting the core's
+     * ciphertext, and this AES encrypts ~4x faster than it decrypts). */
+    {
+        size_t padded = need - 100;
+        uint8_t enc_key[16], mac_key[32];
+        uint8_t *known = malloc(padded), *ct = malloc(padded);
+        FUZZ_CHECK(known != NULL && ct != NULL);
+        if (body_len != 0) {
+            memcpy(known, body, body_len);
+        }
+        memset(known + body_len, (int)(padded - body_len), padded - body_len);
+        derived_keys(enc_key, mac_key);
+        FUZZ_CHECK(crypto_aes128_cbc_encrypt(enc_key, iv, known, padded, ct) == 0);
+        FUZZ_CHECK(memcmp(ct, out + 68, padded) == 0);
+        free(ct);
+
+        /* Round trip: the body comes back exactly when §3 allows its length for the type. The
+         * reference checks the core's tag; the plaintext it expects is the one just checked. */
+        rc = open_and_check(out, out_len, body, body_len, TAG_COMPUTE, known);
+        FUZZ_CHECK(rc == (ref_body_len_ok(h.type, body_len) ? 0 : CODEC_EBADLEN));
+        free(known);
+    }
 
     /* Any single changed byte is refused (the MAC covers header, iv and ciphertext). */
     if (flip_mask != 0) {
         out[flip_pos % out_len] ^= flip_mask;
-        FUZZ_CHECK(open_and_check(out, out_len, NULL, 0) != 0);
+        FUZZ_CHECK(open_and_check(out, out_len, NULL, 0, TAG_CHANGED_AFTER, NULL) != 0);
     }
 
     /* One byte short of room: CODEC_ENOSPACE, nothing written past the buffer. */
@@ -287,7 +334,7 @@ static void mode_plaintext(struct fuzz_in *in)
     derived_keys(enc_key, mac_key);
     FUZZ_CHECK(crypto_aes128_cbc_encrypt(enc_key, msg + 52, plain, plain_len, msg + 68) == 0);
     crypto_hmac_sha256(mac_key, 32, msg, 68 + plain_len, msg + 68 + plain_len);
-    (void)open_and_check(msg, len, NULL, 0);
+    (void)open_and_check(msg, len, NULL, 0, TAG_MADE_HERE, plain);
     free(msg);
 }
 

@@ -30,8 +30,8 @@ fi
 
 max_len_of() {
   case "$1" in
-    fuzz_frame) echo 5000 ;;    # > 4118 + delimiter: room for the too-long path and a few frames
-    fuzz_message) echo 5000 ;;  # a 3956-byte message plus the mode prefixes
+    fuzz_frame) echo 4375 ;;    # largest frame (4118 + delimiter) + 256: the too-long path, a few frames
+    fuzz_message) echo 3958 ;;  # mode byte + largest message (3956) + 1 too many; mode 1/2 need less
     fuzz_keystore) echo 16384 ;; # both 16 KB areas' worth of images
     fuzz_cloud) echo 4096 ;;    # largest credential is 3597 bytes
     fuzz_device) echo 8192 ;;   # a script of up to 64 commands
