@@ -57,7 +57,8 @@ def test_bench_rotate_cloud_over_two_mosquitto_shards_rotates_every_credential()
     v = d["verify"]
     # v1 then v2 activated per device; the brokers hold exactly the one live client per device.
     assert v["cloud_activated"] == 32 and v["broker_clients"] == 16 and v["active_cloud_credentials"] == 16
-    assert d["rotate"]["session_ms_per_update"] > 0 and d["rotate"]["cpu_s"]["brokers"] > 0
+    # The brokers' CPU is read in 10 ms clock ticks: 16 devices may well cost them less than one.
+    assert d["rotate"]["session_ms_per_update"] > 0 and d["rotate"]["cpu_s"]["brokers"] >= 0
 
 
 def test_bench_rotate_cloud_on_aws_moto_rotates_certificates() -> None:

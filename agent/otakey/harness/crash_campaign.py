@@ -50,7 +50,7 @@ AK_POINTS = ("before_commit:AK_ROTATE_HELLO", "after_commit:AK_ROTATE_HELLO",
              "before_commit:CHECKIN", "after_commit:CHECKIN")
 CLOUD_POINTS = ("after_cloud:CLOUD_REQUEST", "before_commit:CLOUD_REQUEST", "after_commit:CLOUD_REQUEST",
                 "after_cloud:activate", "before_commit:CLOUD_CONFIRM", "after_commit:CLOUD_CONFIRM")
-QUICK = {"devices": 150, "kills": 4, "pause": (0.2, 0.8)}
+QUICK = {"devices": 150, "kills": 4, "pause": (0.02, 0.15)}
 IDLE_STEPS = 8
 
 
