@@ -128,3 +128,47 @@ def test_emu_run_interrupted_stops_every_process_it_started_and_removes_its_file
     assert [pid for pid in started if alive(pid)] == []
     left = [p.name for p in work_tmp.iterdir() if p.name.startswith(("otakey-emu-run-", "otakey-mosquitto-"))]
     assert left == []
+
+
+class _Worker:
+    """A stand-in for one fleet worker process; the second one's start is cut by Ctrl-C."""
+
+    def __init__(self, log: list[str], interrupt_start: bool, name: str) -> None:
+        self.log, self.interrupt_start, self.name = log, interrupt_start, name
+        self.pid: int | None = None
+        self.exitcode: int | None = None
+
+    def start(self) -> None:
+        if self.interrupt_start:
+            raise KeyboardInterrupt  # inside start(): the Process never got its child
+        self.pid = 4242
+
+    def is_alive(self) -> bool:
+        return self.pid is not None and self.exitcode is None
+
+    def terminate(self) -> None:
+        self.log.append(f"terminate {self.name}")
+        self.exitcode = -15
+
+    def join(self, timeout: float | None = None) -> None:
+        assert self.pid is not None, "can only join a started process"
+        self.log.append(f"join {self.name}")
+
+
+def test_fleet_ctrl_c_during_the_second_worker_start_stops_the_first_and_reraises(monkeypatch) -> None:
+    from otakey.harness import fleet
+
+    log: list[str] = []
+
+    class Context:
+        def Queue(self) -> object:
+            return object()
+
+        def Process(self, target: object, args: tuple, name: str, daemon: bool) -> _Worker:
+            return _Worker(log, interrupt_start=name.endswith("-1"), name=name)
+
+    monkeypatch.setattr(fleet.multiprocessing, "get_context", lambda method: Context())
+    spec = fleet.FleetSpec(elf="unused.elf", agent_host="127.0.0.1", agent_port=1, devices=4, workers=2)
+    with pytest.raises(KeyboardInterrupt):
+        fleet.run_fleet(spec)
+    assert log == ["terminate otakey-fleet-0", "join otakey-fleet-0"]

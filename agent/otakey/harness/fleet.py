@@ -230,10 +230,13 @@ def run_fleet(spec: FleetSpec, progress: Callable[[int, int, str], None] | None 
         for p in procs:
             p.join(10)
     finally:
-        for p in procs:
+        # A Ctrl-C can land inside p.start(): that worker never became a Process to stop (its
+        # half-made child exits by itself when it finds no start-up data), so skip it.
+        started = [p for p in procs if p.pid is not None]
+        for p in started:
             if p.is_alive():
                 p.terminate()
-        for p in procs:
+        for p in started:
             p.join(5)
             if p.is_alive():
                 os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
