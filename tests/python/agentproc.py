@@ -8,6 +8,7 @@ Each agent logs to a file (read by the tests, kept for failures); its port is re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -34,6 +35,23 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 AGENT_SRC = ROOT / "agent"
 LISTENING = re.compile(r"event=listening .*?port=(\d+)")
+
+
+def children(pid: int) -> set[int]:
+    """The live children of a process (every thread's), from /proc."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found |= {int(c) for c in (task / "children").read_text().split()}
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agentproc import alive, children
 from otakey.firmware.build import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,21 +34,6 @@ def environment(cache: Path, tmp: Path) -> dict[str, str]:
 def otakey(*args: str, cache: Path, tmp: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "otakey", *args], capture_output=True, text=True,
                           env=environment(cache, tmp), timeout=timeout)
-
-
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):
-            found |= {int(c) for c in (task / "children").read_text().split()}
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
